@@ -1,0 +1,99 @@
+"""
+Audio in and out: read any file soundfile understands, bring it to the rate and channel count a model wants
+(with a one-line notice, never silently), and write WAVs.
+
+Shapes follow torch conventions: a waveform is [C, N] (one clip) or [B, C, N] (a batch), float32 in [-1, 1].
+"""
+
+import math
+import sys
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used as given (empty, non-finite, unreadable)."""
+
+
+def notice(message):
+    """One line on stderr: something was changed for the user (resampled, downmixed) and they should know."""
+    print(f"[musicgen] {message}", file=sys.stderr)
+
+
+def resample(wav, from_rate, to_rate):
+    """Polyphase resampling along the last axis (scipy.signal.resample_poly), any leading shape."""
+    if from_rate == to_rate:
+        return wav
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(int(to_rate), int(from_rate))
+    out = resample_poly(wav.detach().cpu().double().numpy(), ratio.numerator, ratio.denominator, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out)).to(wav.dtype).to(wav.device)
+
+
+def check_finite(wav, what="audio"):
+    if wav.numel() == 0 or wav.shape[-1] == 0:
+        raise AudioError(f"The {what} is empty (0 samples). Pass at least a few milliseconds of sound.")
+    if not torch.isfinite(wav).all():
+        raise AudioError(f"The {what} contains NaN or infinite samples. Check how it was produced or decoded.")
+
+
+def prepare(wav, sample_rate, target_rate, channels=1, what="audio"):
+    """Bring `wav` ([N], [C, N] or [B, C, N]) to `target_rate` and `channels`, returning [B, channels, N'].
+
+    Stereo → mono is the channel mean (what both reference implementations do); mono → stereo duplicates."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    if wav.dim() == 1:
+        wav = wav[None, None]
+    elif wav.dim() == 2:
+        wav = wav[None]
+    if wav.dim() != 3:
+        raise AudioError(f"The {what} must be [N], [C, N] or [B, C, N]; got shape {tuple(wav.shape)}.")
+    check_finite(wav, what)
+    if wav.shape[1] != channels:
+        if channels == 1:
+            notice(f"{what}: downmixed {wav.shape[1]} channels to mono.")
+            wav = wav.mean(dim=1, keepdim=True)
+        elif wav.shape[1] == 1:
+            notice(f"{what}: duplicated mono to {channels} channels.")
+            wav = wav.expand(-1, channels, -1)
+        else:
+            raise AudioError(f"The {what} has {wav.shape[1]} channels; the model wants {channels}.")
+    if sample_rate is not None and int(sample_rate) != int(target_rate):
+        notice(f"{what}: resampled from {sample_rate} Hz to {target_rate} Hz.")
+        wav = resample(wav, int(sample_rate), int(target_rate))
+    return wav.contiguous()
+
+
+def read(path):
+    """Read an audio file → (wav [C, N] float32, sample_rate)."""
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+    except Exception as e:  # soundfile raises several types; the user needs the path and the reason
+        raise AudioError(f"Could not read audio file {path}: {e}") from None
+    return torch.from_numpy(data.T.copy()), sr
+
+
+def load(path, target_rate, channels=1):
+    """Read a file and bring it to `target_rate` / `channels` → [channels, N]."""
+    wav, sr = read(path)
+    return prepare(wav, sr, target_rate, channels, what=str(path))[0]
+
+
+def write(path, wav, sample_rate):
+    """Write [C, N] or [N] float audio as 16-bit WAV, clipping to [-1, 1] so overshoot cannot wrap around."""
+    import soundfile as sf
+
+    wav = torch.as_tensor(wav).detach().float().cpu()
+    if wav.dim() == 1:
+        wav = wav[None]
+    sf.write(str(path), wav.clamp(-1, 1).T.numpy(), int(sample_rate), subtype="PCM_16")
+
+
+def duration_to_frames(seconds, frame_rate):
+    """Whole frames covering `seconds` of audio at `frame_rate` (rounded up)."""
+    return int(math.ceil(seconds * frame_rate - 1e-9))
