@@ -1,0 +1,327 @@
+"""MusicGen LM, delay pattern, generation and checkpoints (musicgen.py).
+
+Parity tests build transformers' MusicgenForConditionalGeneration at the full musicgen-small size with random
+weights (fp32), save it, load the files with our code and compare logits, greedy codes and decoded audio.
+Everything else runs on tiny models built from our own presets."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import musicgen as M
+from checkpoints import CheckpointError
+
+T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)  # width 32 != LM's 64
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny ops on a busy machine run many times faster on one thread (no OpenMP hand-offs); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hf_small(tmp_path_factory, shared_dir, spiece_path):
+    """(transformers model, its saved directory): musicgen-small sizes, random weights, float32."""
+    transformers = pytest.importorskip("transformers")
+    config = json.loads((shared_dir / "assets/configs/hf/musicgen-small_config.json").read_text())
+    for block in (config, config["text_encoder"], config["audio_encoder"], config["decoder"]):
+        block.pop("dtype", None)  # the vendored file says float16; compare in float32
+    torch.manual_seed(0)
+    with no_init_weights():  # torch's and HF's init take ~30 s at this size; a plain normal fill takes ~6 s
+        model = transformers.MusicgenForConditionalGeneration(transformers.MusicgenConfig.from_dict(config)).eval()
+    model.tie_weights()  # T5's shared / embed_tokens are one tensor (no_init_weights skipped the tying)
+    random_fill(model)
+    model_dir = tmp_path_factory.mktemp("musicgen-small")
+    model.save_pretrained(model_dir)
+    shutil.copy(spiece_path, model_dir / "spiece.model")
+    return model, model_dir
+
+
+def no_init_weights():
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()
+
+
+@torch.no_grad()
+def random_fill(model):
+    """Random weights of a sensible scale: N(0, 0.02) everywhere, norms at 1, weight-norm gains at 1."""
+    codebooks = [(n, b) for n, b in model.named_buffers() if n.endswith("codebook.embed")]  # not the sinusoids!
+    for name, tensor in [*model.named_parameters(), *codebooks]:
+        if name.endswith("original0") or "norm.weight" in name or "layer_norm" in name and name.endswith("weight"):
+            tensor.fill_(1.0)
+        elif "norm" in name and name.endswith("bias"):
+            tensor.zero_()
+        else:
+            tensor.normal_(0, 0.02)
+
+
+@pytest.fixture(scope="module")
+def ours_small(hf_small):
+    return M.MusicGen.from_pretrained(hf_small[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, spiece_path):
+    """A tiny MusicGen of our own (T5, EnCodec and LM), saved in the Hugging Face layout."""
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    torch.manual_seed(0)
+    lm = M.LM(M.lm_config("tiny", text_dim=T5_TINY["d_model"]))
+    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(T5Config(**T5_TINY)), EncodecLite(EncodecConfig.preset("tiny")), lm)
+    model_dir = tmp_path_factory.mktemp("tiny")
+    mg.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return M.MusicGen.from_pretrained(tiny_dir)
+
+
+def tiny_lm(**overrides):
+    torch.manual_seed(0)
+    return M.LM(M.lm_config("tiny", **overrides)).eval()
+
+
+def text_condition(B=2, L=5, dim=768):
+    condition = torch.randn(B, L, dim)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 3:] = 0  # a padded second prompt
+    return condition, mask
+
+
+# ----------------------------------------------------------------------------- parity with transformers (full size)
+
+PROMPTS = ["80s pop track with bassy drums and synth", "baroque"]  # different lengths: the batch is padded
+
+
+def test_lm_logits_match_transformers(hf_small, ours_small):
+    hf, _ = hf_small
+    ids, mask = ours_small.tokenizer(PROMPTS)
+    B, K, S = 2, 4, 12
+    seq = torch.randint(0, 2049, (B, K, S), generator=torch.Generator().manual_seed(0))
+    seq[:, :, 0] = 2048
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=seq.reshape(B * K, S)).logits
+        condition, condition_mask = ours_small.encode_text(PROMPTS)
+        ours = ours_small.lm(seq, condition, condition_mask)
+    assert ours.shape == (B, K, S, 2048)
+    torch.testing.assert_close(ours, ref.view(B, K, S, -1), atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_and_audio_match_transformers(hf_small, ours_small):
+    hf, _ = hf_small
+    T = 30
+    captured = {}
+    decode = hf.audio_encoder.decode
+
+    def capture(codes, *args, **kwargs):  # HF decodes inside generate; keep the codes it decodes
+        captured["codes"] = codes
+        return decode(codes, *args, **kwargs)
+
+    ids, mask = ours_small.tokenizer(PROMPTS)
+    hf.audio_encoder.decode = capture
+    try:
+        with torch.no_grad():
+            ref_audio = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=3.0,
+                                    max_new_tokens=T + 3)  # T + K - 1 steps give T frames (facts §2.2)
+    finally:
+        del hf.audio_encoder.decode
+    ref_codes = captured["codes"][0]  # [B, K, T]
+    codes = ours_small.generate_tokens(PROMPTS, frames=T, cfg_coef=3.0, greedy=True)
+    assert codes.shape == ref_codes.shape == (2, 4, T)
+    assert torch.equal(codes, ref_codes)
+    wav = ours_small.codec.decode(codes)
+    torch.testing.assert_close(wav, ref_audio, atol=1e-4, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- delay pattern
+
+
+def test_delay_pattern_layout_matches_the_diagram():
+    codes = (100 * torch.arange(4)[:, None] + torch.arange(6)[None, :])[None]  # [1, 4, 6], 100 k + t
+    S = -1
+    expected = torch.tensor([
+        [S, 0, 1, 2, 3, 4, 5, S, S, S],
+        [S, S, 100, 101, 102, 103, 104, 105, S, S],
+        [S, S, S, 200, 201, 202, 203, 204, 205, S],
+        [S, S, S, S, 300, 301, 302, 303, 304, 305],
+    ])
+    assert torch.equal(M.delay_pattern(codes, S)[0], expected)
+
+
+@pytest.mark.parametrize("K,T", [(1, 1), (4, 1), (4, 7), (3, 20), (8, 5)])
+def test_delay_and_parallel_revert_are_identities(K, T):
+    codes = torch.randint(0, 2048, (2, K, T))
+    assert M.delay_pattern(codes, 2048).shape == (2, K, T + K)
+    assert torch.equal(M.revert_delay(M.delay_pattern(codes, 2048)), codes)
+    assert torch.equal(M.revert_parallel(M.parallel_pattern(codes, 2048)), codes)
+
+
+def test_valid_target_mask_matches_the_pattern():
+    K, T = 4, 9
+    seq = M.delay_pattern(torch.zeros(1, K, T, dtype=torch.long), 1)[0]  # 1 = special
+    targets = seq[:, 1 : T + 1]  # what the loss predicts
+    assert torch.equal(M.valid_target_mask(K, T), targets == 0)
+    assert M.valid_target_mask(K, T).sum(1).tolist() == [T - k for k in range(K)]
+
+
+# ----------------------------------------------------------------------------- LM, cache, guidance, loss
+
+
+def test_cached_decoding_equals_full_forward():
+    lm = tiny_lm(text_dim=768)
+    condition, mask = text_condition()
+    seq = torch.randint(0, 65, (2, 4, 10))
+    with torch.no_grad():
+        full = lm(seq, condition, mask)  # [B, K, S, N]
+        cache = lm.new_cache(condition, mask, max_steps=10)
+        first = lm.decode(seq[:, :, :3], cache)  # a chunk first (is_causal), ...
+        steps = [lm.decode(seq[:, :, s : s + 1], cache) for s in range(3, 7)]  # ... single steps, ...
+        last = lm.decode(seq[:, :, 7:], cache)  # ... a chunk after a cached past (explicit mask)
+    torch.testing.assert_close(first, full[:, :, 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(steps, 2), full[:, :, 3:7], atol=1e-5, rtol=0)
+    torch.testing.assert_close(last, full[:, :, 9], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampling", [dict(greedy=True), dict(top_k=10, temperature=1.2), dict(top_p=0.8)])
+def test_reference_and_fast_generation_give_the_same_tokens(sampling):
+    lm = tiny_lm(text_dim=768)
+    condition, mask = text_condition()
+    runs = []
+    for loop in (M.generate_reference, M.generate):
+        generator = torch.Generator().manual_seed(1234)
+        runs.append(loop(lm, condition, mask, 12, cfg_coef=3.0, generator=generator, **sampling))
+    assert runs[0].shape == (2, 4, 12)
+    assert runs[0].min() >= 0 and runs[0].max() < 64  # no special token survives the revert
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_guidance_one_equals_the_conditional_logits():
+    lm = tiny_lm(text_dim=768)
+    condition, mask = text_condition()
+    seq = torch.randint(0, 65, (2, 4, 6))
+    with torch.no_grad():
+        cond = lm(seq, condition, mask)
+        both = lm(torch.cat([seq, seq]), torch.cat([condition, 0 * condition]), torch.cat([mask, 0 * mask]))
+    torch.testing.assert_close(M.guided_logits(both, 1.0), cond, atol=1e-6, rtol=0)
+    assert not M.with_null_condition(condition, mask, 1.0)[2]  # and generation skips the null branch
+
+
+def test_null_condition_gives_no_nan_and_equals_no_cross_attention():
+    lm = tiny_lm(text_dim=768)
+    seq = torch.randint(0, 65, (2, 4, 6))
+    zeros, no_mask = torch.zeros(2, 5, 768), torch.zeros(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        null = lm(seq, zeros, no_mask)
+        x = lm.embed_steps(seq)
+        for layer in lm.layers:
+            x = layer(x)  # no memory: the cross-attention block is skipped
+        no_cross = lm.logits(x)
+    assert torch.isfinite(null).all()
+    torch.testing.assert_close(null, no_cross, atol=1e-6, rtol=0)
+
+
+def test_loss_ignores_special_and_invalid_targets():
+    lm = tiny_lm(text_dim=768)
+    condition, mask = text_condition()
+    codes = torch.randint(0, 64, (2, 4, 8))
+    loss, per_codebook = lm.compute_loss(codes, condition, mask)
+    assert per_codebook.shape == (4,) and torch.isclose(loss, per_codebook.mean())
+
+    # the same loss by hand: target (k, t) is predicted at delayed step t + k, for t <= T-1-k only
+    logits = lm(M.delay_pattern(codes, 64)[..., :8], condition, mask)  # [B, K, T, N]
+    for k in range(4):
+        frames = torch.arange(8 - k)
+        picked = logits[:, k, frames + k]  # [B, T-k, N]
+        expected = torch.nn.functional.cross_entropy(picked.flatten(0, 1), codes[:, k, frames].flatten())
+        torch.testing.assert_close(per_codebook[k], expected)
+
+    changed = codes.clone()
+    changed[:, 3, -3:] = (changed[:, 3, -3:] + 1) % 64  # the last 3 frames of codebook 3: never a target
+    torch.testing.assert_close(lm.compute_loss(changed, condition, mask)[0], loss, atol=0, rtol=0)
+    changed[:, 3, -4] = (changed[:, 3, -4] + 1) % 64  # a valid target: the loss must move
+    assert not torch.isclose(lm.compute_loss(changed, condition, mask)[1][3], per_codebook[3])
+
+
+def test_loss_trains():
+    lm = tiny_lm(text_dim=768).train()
+    condition, mask = text_condition()
+    codes = torch.randint(0, 64, (2, 4, 8))
+    loss, _ = lm.compute_loss(codes, condition, mask)
+    loss.backward()
+    assert all(p.grad is not None for p in lm.heads.parameters())
+
+
+# ----------------------------------------------------------------------------- MusicGen wrapper and checkpoints
+
+
+def test_save_load_round_trip_and_transformers_loads_it(tiny, tiny_dir, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    again = M.MusicGen.from_pretrained(tmp_path)
+    sd, sd2 = tiny.hf_state_dict(), again.hf_state_dict()
+    assert sd.keys() == sd2.keys()
+    for name in sd:  # (EnCodec's weight norm is re-derived from folded weights: equal up to rounding)
+        torch.testing.assert_close(sd2[name], sd[name], atol=1e-6, rtol=1e-6, msg=name)
+
+    tensors = tiny.lm.hf_state_dict()
+    tiny.lm.load_hf_state_dict({**tensors, "decoder.model.decoder.embed_positions.weights": torch.zeros(3)})  # ignored
+    del tensors["decoder.lm_heads.2.weight"]
+    with pytest.raises(CheckpointError, match=r"missing tensors \(1\): heads.2.weight"):
+        tiny.lm.load_hf_state_dict(tensors)
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.MusicgenForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    ids, mask = tiny.tokenizer(PROMPTS)
+    seq = torch.randint(0, 65, (2, 4, 5))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=seq.reshape(8, 5)).logits.view(2, 4, 5, -1)
+        ours = tiny.lm(seq, *tiny.encode_text(PROMPTS))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_generate_audio_and_empty_prompts(tiny, capsys):
+    wav = tiny.generate(["rock", ""], duration=0.2, seed=0)
+    assert wav.shape == (2, 1, 10 * tiny.codec.hop_length) and torch.isfinite(wav).all()
+    assert "unconditionally" in capsys.readouterr().err
+    condition, mask = tiny.encode_text(["", ""])
+    assert not condition.any() and not M.with_null_condition(condition, mask, 3.0)[2]  # no wasted null branch
+    codes = tiny.generate_tokens(["", ""], frames=5, seed=0)
+    assert codes.shape == (2, 4, 5)
+    again = tiny.generate_tokens(["", ""], frames=5, seed=0)
+    assert torch.equal(codes, again)  # the seed makes sampling reproducible
+
+
+def test_bad_inputs_give_clear_errors(tiny, tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        tiny.generate("rock", duration=0)
+    with pytest.raises(ValueError, match="positions"):
+        tiny.generate("rock", duration=60)
+    with pytest.raises(ValueError, match="positive whole number"):
+        tiny.generate_tokens("rock", frames=0)
+    with pytest.raises(ValueError, match="list of strings"):
+        tiny.encode_text([3])
+    with pytest.raises(ValueError, match="tokens"):
+        tiny.lm(torch.zeros(1, 3, 4, dtype=torch.long), *tiny.encode_text("rock"))
+
+    tiny.codec.save_pretrained(tmp_path / "codec")  # an EnCodec directory is not a MusicGen one
+    with pytest.raises(CheckpointError, match="text_encoder, audio_encoder"):
+        M.MusicGen.from_pretrained(tmp_path / "codec")
+    no_vocab = tmp_path / "no_vocab"
+    shutil.copytree(tiny_dir, no_vocab)
+    (no_vocab / "spiece.model").unlink()
+    with pytest.raises(CheckpointError, match="spiece.model"):
+        M.MusicGen.from_pretrained(no_vocab)
+    with pytest.raises(CheckpointError, match="No model directory"):
+        M.MusicGen.from_pretrained(tmp_path / "nowhere")
