@@ -1,0 +1,315 @@
+"""
+evaluate.py: numbers that say whether a trained codec and LM are any good, measured on held-out clips.
+
+    python evaluate.py codec --model out/small     # the codec of a MusicGen dir (or an EncodecLite dir)
+    python evaluate.py lm    --model out/small     # the language model: cross-entropy and prompt following
+    python evaluate.py all   --model out/small --json eval.json
+
+The paper scores models with FAD, a KL over AudioSet classifier labels, the CLAP score and listening tests (§3.3).
+Those need large pretrained networks; here everything is small, offline and explainable:
+
+codec (held-out clips → encode → decode; paper §2.1):
+    SI-SNR            scale-invariant signal-to-noise ratio of the reconstruction, dB (higher is better)
+    mel distance      mean absolute difference of log-mel spectrograms, dB (lower is better)
+    chroma agreement  share of chroma frames whose dominant pitch class is the same before and after the codec:
+                      does the music keep its notes? (chroma.py's chromagram, ~0.5 s window; target ≥ 80 %)
+lm:
+    validation CE     per-codebook cross-entropy (nats) on held-out clips, next to the unigram entropy of those
+                      tokens (the loss of a model that ignores all context: the LM must go well below it)
+    prompt following  a small style classifier (logistic regression on log-mel + chroma statistics) is trained on
+                      the *training* clips' real audio and checked on the held-out real clips (how good the judge
+                      is); then the LM generates from held-out captions of each style and the judge labels the
+                      results: accuracy vs chance (1 / number of styles; target ≥ 70 %). This is our stand-in for
+                      the paper's KL / CLAP "does the audio match the text" metrics.
+
+The corpus options must match the ones the model was trained with (train.py's defaults are the defaults here).
+"""
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import chroma
+import data
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metric functions: waveforms [B, 1, N] (or [B, N]) at one sample rate → one number per item [B]
+
+
+def _flat(wav):
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    return wav.reshape(wav.shape[0], -1) if wav.dim() > 1 else wav[None]
+
+
+def _same_length(ref, est):
+    n = min(ref.shape[-1], est.shape[-1])  # the codec pads to whole frames; compare the common part
+    return ref[..., :n], est[..., :n]
+
+
+def si_snr(ref, est, eps=1e-8):
+    """Scale-invariant SNR in dB (Le Roux et al. 2019): project the estimate on the reference, then compare the
+    energy of that projection with the energy of what is left. Identical → very large; unrelated noise → ≲ 0 dB."""
+    ref, est = _same_length(_flat(ref), _flat(est))
+    ref = ref - ref.mean(-1, keepdim=True)
+    est = est - est.mean(-1, keepdim=True)
+    target = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps) * ref
+    noise = est - target
+    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+
+
+def log_mel(wav, sample_rate, n_fft=1024, n_mels=64):
+    """[B, N] → log-mel magnitude in dB [B, n_mels, frames], floored at −80 dB so silence does not dominate."""
+    from encodec_lite import mel_filterbank
+
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+    mel = mel_filterbank(sample_rate, n_fft, n_mels) @ spec  # [B, n_mels, frames]
+    return 20 * torch.log10(mel.clamp(min=1e-4))  # 1e-4 = −80 dB re full scale
+
+
+def mel_distance(ref, est, sample_rate):
+    """Mean |log-mel(ref) − log-mel(est)| in dB: how different the two sound, band by band, frame by frame."""
+    ref, est = _same_length(_flat(ref), _flat(est))
+    return (log_mel(ref, sample_rate) - log_mel(est, sample_rate)).abs().mean(dim=(1, 2))
+
+
+def chroma_fft(sample_rate):
+    """The chroma window for a sample rate: the power of two closest to 0.5 s, as in the paper (2^14 at 32 kHz)."""
+    return 2 ** round(math.log2(sample_rate / 2))
+
+
+def chroma_agreement(ref, est, sample_rate):
+    """Share of chroma frames (0..1) where ref and est have the same dominant pitch class."""
+    ref, est = _same_length(_flat(ref), _flat(est))
+    n_fft = chroma_fft(sample_rate)
+    kw = dict(target_rate=sample_rate, n_fft=n_fft)
+    a = chroma.chromagram(ref[:, None], sample_rate, **kw).argmax(-1)  # [B, frames]
+    b = chroma.chromagram(est[:, None], sample_rate, **kw).argmax(-1)
+    return (a == b).float().mean(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The style classifier (the judge of prompt following)
+
+
+def features(wav, sample_rate):
+    """[B, N] → [B, 216]: mean and std over time of the log-mel bands (timbre, loudness, register) and of the soft
+    chroma (harmony, key), plus how fast the spectrum changes (rhythm: mean |Δ log-mel|)."""
+    wav = _flat(wav)
+    mel = log_mel(wav, sample_rate)  # [B, 64, frames]
+    n_fft = chroma_fft(sample_rate)
+    soft = chroma.chromagram(wav[:, None], sample_rate, argmax=False, target_rate=sample_rate, n_fft=n_fft)
+    flux = (mel[..., 1:] - mel[..., :-1]).abs().mean(-1)  # [B, 64]
+    return torch.cat([mel.mean(-1), mel.std(-1), flux, soft.mean(1), soft.std(1)], dim=1) / 10  # ≈ unit scale
+
+
+class StyleClassifier:
+    """Multinomial logistic regression on standardised features: small, convex, trains in a second."""
+
+    def __init__(self, styles):
+        self.styles = list(styles)
+
+    def fit(self, x, labels, steps=300, weight_decay=1e-2):
+        y = torch.tensor([self.styles.index(s) for s in labels])
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
+        self.linear = torch.nn.Linear(x.shape[1], len(self.styles))
+        optimizer = torch.optim.LBFGS(self.linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+        x = (x - self.mean) / self.std
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(self.linear(x), y) + weight_decay * self.linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return self
+
+    @torch.no_grad()
+    def predict(self, x):
+        return [self.styles[i] for i in self.linear((x - self.mean) / self.std).argmax(-1)]
+
+
+def accuracy(predicted, truth):
+    return sum(p == t for p, t in zip(predicted, truth)) / max(len(truth), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluations
+
+
+def _clip_batches(clips, sample_rate, batch=8):
+    """Held-out clips as equal-length waveform batches [b, 1, N] (the corpus clips share one length)."""
+    waves = [data.clip_audio(c, sample_rate) for c in clips]
+    n = min(w.shape[-1] for w in waves)
+    for i in range(0, len(waves), batch):
+        yield clips[i : i + batch], torch.stack([w[:, :n] for w in waves[i : i + batch]])
+
+
+@torch.no_grad()
+def evaluate_codec(codec, clips):
+    """SI-SNR, mel distance and chroma agreement of codec reconstructions, averaged over `clips`."""
+    sr = codec.sample_rate
+    scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}
+    for _, wav in _clip_batches(clips, sr):
+        rec = codec.decode(codec.encode(wav)).cpu()
+        scores["si_snr_db"] += si_snr(wav, rec).tolist()
+        scores["mel_distance_db"] += mel_distance(wav, rec, sr).tolist()
+        scores["chroma_agreement"] += chroma_agreement(wav, rec, sr).tolist()
+    out = {k: sum(v) / len(v) for k, v in scores.items()}
+    out["clips"] = len(clips)
+    return out
+
+
+def unigram_entropy(codes):
+    """codes [K, M] → per codebook entropy (nats) of the token frequencies."""
+    out = []
+    for row in codes.long():
+        p = torch.bincount(row).float()
+        p = p[p > 0] / p.sum()
+        out.append(float(-(p * p.log()).sum()) + 0.0)
+    return out
+
+
+@torch.no_grad()
+def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
+    """Per-codebook cross-entropy (nats) of the LM on non-overlapping windows of the held-out clips, with their
+    captions, next to the unigram entropy of the same tokens."""
+    frames = max(int(segment_seconds * mg.frame_rate), mg.lm.config.num_codebooks)
+    windows, captions = [], []
+    for clip in clips:
+        codes = mg.codec.encode(data.clip_audio(clip, mg.sample_rate)[None]).cpu()[0]  # [K, T]
+        for start in range(0, codes.shape[-1] - frames + 1, frames):
+            windows.append(codes[:, start : start + frames])
+            captions.append(clip.caption)
+    if not windows:
+        raise ValueError(f"The held-out clips are shorter than {segment_seconds} s; pass a smaller --segment-seconds.")
+    total = 0.0
+    for i in range(0, len(windows), batch):
+        codes = torch.stack(windows[i : i + batch]).to(mg.device)
+        condition, mask = mg.encode_text(captions[i : i + batch])
+        _, per_codebook = mg.lm.compute_loss(codes, condition, mask)
+        total = total + per_codebook.float().cpu() * len(codes)
+    return {"val_ce": (total / len(windows)).tolist(), "unigram_entropy": unigram_entropy(torch.cat(windows, -1)),
+            "windows": len(windows)}
+
+
+@torch.no_grad()
+def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
+    """Train the style judge on real training audio, check it on real held-out audio, then let it label clips
+    generated from held-out captions of each style."""
+    sr = mg.sample_rate
+    train, valid = data.select(clips, "train"), data.select(clips, "valid")
+    styles = sorted({c.style for c in clips if c.style})
+    if len(styles) < 2:
+        raise ValueError("Prompt following needs clips with at least 2 style labels (the built-in corpus has 5).")
+    n = int(seconds * sr)
+
+    def crops(clip_list):  # every whole `seconds`-long crop of each clip (as long as the generated clips)
+        x, y = [], []
+        for batch, wav in _clip_batches(clip_list, sr):
+            for start in range(0, wav.shape[-1] - n + 1, n):
+                x.append(features(wav[:, 0, start : start + n], sr))
+                y += [c.style for c in batch]
+        return torch.cat(x), y
+
+    judge = StyleClassifier(styles).fit(*crops(train))
+    x, y = crops(valid)
+    real_acc = accuracy(judge.predict(x), y)
+    prompts, truth = [], []
+    for style in styles:
+        pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]
+        for i in range(per_style):
+            prompts.append(pool[i % len(pool)].caption)
+            truth.append(style)
+    generated = []
+    for i in range(0, len(prompts), batch):
+        wav = mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()
+        generated.append(features(wav[:, 0, :n], sr))
+    predicted = judge.predict(torch.cat(generated))
+    return {"styles": styles, "judge_accuracy_real": real_acc, "accuracy_generated": accuracy(predicted, truth),
+            "chance": 1 / len(styles), "generated": len(prompts),
+            "confusions": [[p, t, q] for p, t, q in zip(prompts, truth, predicted) if t != q]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def load_corpus(args, sample_rate):
+    if args.data == "builtin":
+        return data.builtin_corpus(args.cache_dir, sample_rate, args.clip_seconds, args.clips_per_style, args.seed)
+    if args.data == "synthetic":
+        return data.synthetic_corpus(args.cache_dir, sample_rate, n=12, seconds=args.clip_seconds, seed=args.seed)
+    return data.folder_corpus(args.data, args.cache_dir, sample_rate)
+
+
+def print_codec(r):
+    print(f"codec ({r['clips']} held-out clips)")
+    print(f"  SI-SNR            {r['si_snr_db']:7.2f} dB")
+    print(f"  mel distance      {r['mel_distance_db']:7.2f} dB")
+    print(f"  chroma agreement  {100 * r['chroma_agreement']:7.1f} %   (target >= 80 %)")
+
+
+def print_lm(r):
+    ce = r["validation"]
+    print(f"lm ({ce['windows']} held-out windows)")
+    print("  validation CE per codebook (nats)  " + " ".join(f"{x:6.3f}" for x in ce["val_ce"]))
+    print("  unigram entropy of those tokens    " + " ".join(f"{x:6.3f}" for x in ce["unigram_entropy"]))
+    if "prompt_following" in r:
+        p = r["prompt_following"]
+        print(f"  style judge on real held-out clips {100 * p['judge_accuracy_real']:6.1f} %   ({len(p['styles'])} styles)")
+        print(f"  style of generated clips           {100 * p['accuracy_generated']:6.1f} %   "
+              f"(chance {100 * p['chance']:.1f} %, target >= 70 %, {p['generated']} clips)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["codec", "lm", "all"])
+    parser.add_argument("--model", default="out/small", help="a MusicGen directory (or an EncodecLite one for codec)")
+    parser.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument("--clips-per-style", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--segment-seconds", type=float, default=5.0, help="LM validation window length")
+    parser.add_argument("--per-style", type=int, default=4, help="generated clips per style")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
+    parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    from checkpoints import CheckpointError
+
+    results = {"model": args.model}
+    try:
+        if args.what in ("codec", "all"):
+            from encodec_lite import EncodecLite
+
+            codec = EncodecLite.from_pretrained(args.model)
+            clips = data.select(load_corpus(args, codec.sample_rate), "valid")
+            results["codec"] = evaluate_codec(codec, clips)
+            print_codec(results["codec"])
+        if args.what in ("lm", "all"):
+            from musicgen import MusicGen
+
+            mg = MusicGen.from_pretrained(args.model)
+            clips = load_corpus(args, mg.sample_rate)
+            r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
+            if not args.no_generate:
+                r["prompt_following"] = prompt_following(mg, clips, args.per_style, args.seconds, args.seed)
+            results["lm"] = r
+            print_lm(r)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"evaluate.py: {e}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

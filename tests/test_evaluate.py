@@ -1,0 +1,110 @@
+"""evaluate.py: metric sanity (SI-SNR, mel distance, chroma agreement), the style classifier, and the CLI end to end
+on a tiny random MusicGen (numbers meaningless, plumbing checked)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import data
+import evaluate as E
+import synth
+
+SR = 8000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def music():
+    """[3, 1, N]: three different 2 s synthesized phrases."""
+    waves = [synth.render([synth.Note(0.25 * i, 0.3, p + 2 * i, 90) for i in range(8)], SR, inst, seconds=2.0, seed=i)
+             for i, (p, inst) in enumerate([(60, "flute"), (55, "church organ"), (64, "harp")])]
+    return torch.stack([torch.from_numpy(w) for w in waves])[:, None]
+
+
+def tone(pitch, seconds=2.0, sr=SR):
+    t = torch.arange(int(seconds * sr)) / sr
+    return (0.5 * torch.sin(2 * math.pi * 440 * 2 ** ((pitch - 69) / 12) * t))[None, None]
+
+
+def test_si_snr(music):
+    assert (E.si_snr(music, music) > 80).all()
+    assert (E.si_snr(music, 0.3 * music) > 80).all()  # scale-invariant
+    noise = torch.randn_like(music)
+    assert (E.si_snr(music, noise) < -10).all()
+    slightly = E.si_snr(music, music + 0.01 * noise)
+    assert (slightly > 10).all() and (slightly < 40).all()
+    padded = torch.cat([music, torch.zeros(3, 1, 100)], dim=-1)  # codec output padded to whole frames
+    assert (E.si_snr(music, padded) > 80).all()
+
+
+def test_mel_distance(music):
+    assert torch.allclose(E.mel_distance(music, music, SR), torch.zeros(3))
+    assert (E.mel_distance(music, music + 0.01 * torch.randn_like(music), SR) > 1).all()
+    assert E.mel_distance(music[:1], music[1:2], SR) > E.mel_distance(music[:1], 0.9 * music[:1], SR)
+
+
+def test_chroma_agreement(music):
+    assert torch.equal(E.chroma_agreement(music, music, SR), torch.ones(3))
+    assert E.chroma_agreement(tone(60), tone(66), SR).item() == 0.0  # C against F sharp: never the same
+    assert E.chroma_agreement(tone(60), tone(72), SR).item() == 1.0  # an octave up: same pitch class
+    assert E.chroma_fft(32000) == 2**14 and E.chroma_fft(16000) == 2**13
+
+
+def test_style_classifier_on_synthetic_styles(tmp_path):
+    clips = data.synthetic_corpus(tmp_path, SR, n=24, seconds=2.0, seed=1)
+    wav = torch.stack([data.clip_audio(c, SR) for c in clips])[:, 0]
+    x = E.features(wav, SR)
+    assert x.shape == (24, 216) and torch.isfinite(x).all()
+    train = [i for i, c in enumerate(clips) if c.split == "train"]
+    valid = [i for i, c in enumerate(clips) if c.split == "valid"]
+    judge = E.StyleClassifier(sorted(data.SYNTHETIC_STYLES)).fit(x[train], [clips[i].style for i in train])
+    assert E.accuracy(judge.predict(x[train]), [clips[i].style for i in train]) == 1.0
+    assert E.accuracy(judge.predict(x[valid]), [clips[i].style for i in valid]) >= 0.8
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, spiece_path):
+    """A tiny random MusicGen (8 kHz codec) saved in the Hugging Face layout."""
+    import musicgen as M
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    torch.manual_seed(0)
+    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
+    lm = M.LM(M.lm_config("tiny", text_dim=t5.d_model))
+    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")), lm)
+    model_dir = tmp_path_factory.mktemp("tiny")
+    mg.save_pretrained(model_dir)
+    return model_dir
+
+
+def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    E.main(["all", "--model", str(tiny_dir), "--data", "synthetic", "--cache-dir", str(tmp_path / "cache"),
+            "--clip-seconds", "2", "--segment-seconds", "1", "--seconds", "1", "--per-style", "1",
+            "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "SI-SNR" in printed and "chroma agreement" in printed and "style of generated clips" in printed
+    r = json.loads(out.read_text())
+    codec = r["codec"]
+    assert codec["clips"] == 3 and 0 <= codec["chroma_agreement"] <= 1 and math.isfinite(codec["si_snr_db"])
+    lm = r["lm"]
+    assert len(lm["validation"]["val_ce"]) == 4 and all(math.isfinite(x) for x in lm["validation"]["val_ce"])
+    # A random LM over 64 codes is about uniform: its cross-entropy is near log(64).
+    assert all(abs(x - math.log(64)) < 1.5 for x in lm["validation"]["val_ce"])
+    p = lm["prompt_following"]
+    assert p["generated"] == 3 and p["chance"] == pytest.approx(1 / 3) and 0 <= p["accuracy_generated"] <= 1
+
+
+def test_cli_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="evaluate.py: "):
+        E.main(["codec", "--model", str(tmp_path / "missing")])

@@ -1,0 +1,208 @@
+"""train.py: the tiny config end to end, exact resume, clear checkpoint errors, DDP = one process, NaN stop.
+
+The data -> codec -> tokens stages run once for the file (tiny config, synthetic corpus); every test copies that
+directory and runs the LM stage in its copy."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import musicgen
+import train
+from checkpoints import CheckpointError, load_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine run much faster on one thread than fighting for two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    cfg = replace(train.CONFIGS["tiny"], out_dir=str(root / "base"), cache_dir=str(root / "cache"), samples=0)
+    train.run(cfg, stage="tokens")
+    return cfg
+
+
+def fresh_copy(prepared, tmp_path, name="run", **changes):
+    """A copy of the prepared directory (corpus, codec, tokens; no LM yet) with some settings changed."""
+    out = tmp_path / name
+    shutil.copytree(prepared.out_dir, out)
+    return replace(prepared, out_dir=str(out), **changes)
+
+
+def train_losses(cfg):
+    rows = [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_config_cli_and_schedule(capsys):
+    cfg, stage = train.parse_args(["--config", "tiny", "--max_steps=7", "--init-from", "somewhere", "--stage", "codec"])
+    assert (cfg.max_steps, cfg.init_from, cfg.lm, stage) == (7, "somewhere", "tiny", "codec")
+    assert train.parse_args(["--config", "gpu"])[0].out_dir == "out/gpu"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in train.CONFIGS) and "--cond_dropout" in help_text
+    # Paper §3.1: linear warm-up to lr, cosine down to min_lr
+    cfg = replace(train.CONFIGS["small"], max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
+    lrs = [train.learning_rate(s, cfg) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[99:], lrs[100:])) and lrs[-1] == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
+    cfg = fresh_copy(prepared, tmp_path, samples=1)
+    lm = train.run(cfg)
+    out = Path(cfg.out_dir)
+    losses = train_losses(cfg)
+    assert sorted(losses) == list(range(1, cfg.max_steps + 1))
+    assert losses[cfg.max_steps] < losses[1]  # it learns something even in 6 steps
+    # the export is a MusicGen directory that loads and generates; the LM in it is the one trained
+    mg = musicgen.MusicGen.from_pretrained(out)
+    for name, tensor in lm.state_dict().items():
+        torch.testing.assert_close(mg.lm.state_dict()[name], tensor.cpu())
+    wav = mg.generate(["flute melody"], duration=0.5, seed=0)
+    assert wav.shape == (1, 1, int(0.5 * mg.sample_rate)) and torch.isfinite(wav).all()
+    sample, rate = data.audio.read(out / "samples" / "00.wav")
+    assert rate == mg.sample_rate and sample.shape[-1] == int(cfg.sample_seconds * rate)
+    assert (out / "samples" / "prompts.txt").read_text().startswith("00.wav\t")
+    # the user's path: sample.py finds the exported model
+    if (ROOT / "sample.py").exists():
+        wav_path = tmp_path / "s.wav"
+        result = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "organ chords",
+                                 "--duration", "0.5", "--out", str(wav_path)], cwd=ROOT, capture_output=True,
+                                text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert any(p.suffix == ".wav" for p in tmp_path.rglob("*.wav"))
+
+
+def interrupt_at(monkeypatch, step, how):
+    """Make the training batch of `step` trigger an interruption: a Ctrl-C (SIGINT to ourselves, which the
+    trainer turns into "finish the step, save, exit"), or a crash (as if the process were killed)."""
+    real = data.token_batch
+
+    def batch(tokens, s, *args, augment=False, **kwargs):
+        if augment and s == step:
+            if how == "ctrl-c":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise RuntimeError("simulated kill")
+        return real(tokens, s, *args, augment=augment, **kwargs)
+
+    monkeypatch.setattr(data, "token_batch", batch)
+
+
+def test_resume_after_interruption_is_exact(prepared, tmp_path, monkeypatch):
+    straight = fresh_copy(prepared, tmp_path, "straight")
+    train.run(straight)
+
+    resumed = fresh_copy(prepared, tmp_path, "resumed")
+    interrupt_at(monkeypatch, 1, "ctrl-c")  # Ctrl-C during step 1: it finishes, saves at 2, exits
+    with pytest.raises(KeyboardInterrupt):
+        train.run(resumed)
+    assert train.read_step(Path(resumed.out_dir) / "ckpt.pt") == 2
+    interrupt_at(monkeypatch, 4, "kill")  # dies in step 4: the periodic checkpoint at step 3 survives
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train.run(resumed)
+    assert train.read_step(Path(resumed.out_dir) / "ckpt.pt") == 3
+    monkeypatch.undo()
+    train.run(resumed)
+
+    assert train_losses(resumed) == train_losses(straight)  # the log reads as one run, with the same numbers
+    a, b = load_state_dict(straight.out_dir), load_state_dict(resumed.out_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_corrupt_or_mismatched_checkpoint_gives_clear_error(prepared, tmp_path, capsys):
+    cfg = fresh_copy(prepared, tmp_path, max_steps=1)
+    train.run(cfg)
+    ckpt = Path(cfg.out_dir) / "ckpt.pt"
+    good = ckpt.read_bytes()
+
+    # a model of another size: the differing sizes are named
+    with pytest.raises(CheckpointError, match=r"different model(.|\n)*lm\.num_layers: checkpoint 2 vs now 3"):
+        run_with_lm_layers(cfg, 3)
+
+    # truncated (a copy interrupted half-way, e.g. by hand) and garbage
+    for content in (good[: len(good) // 2], b"not a checkpoint at all"):
+        ckpt.write_bytes(content)
+        with pytest.raises(CheckpointError, match="corrupt"):
+            train.run(replace(cfg, max_steps=2))
+
+    # from the command line: one line of error, exit code 1, no traceback
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", "tiny", "--out_dir", cfg.out_dir, "--cache_dir", cfg.cache_dir, "--max_steps", "2"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "corrupt" in err and "Traceback" not in err
+
+
+def run_with_lm_layers(cfg, layers):
+    """The tiny LM preset with another depth (as if the user had changed --lm)."""
+    original = musicgen.PRESETS["tiny"]
+    musicgen.PRESETS["tiny"] = replace(original, num_layers=layers)
+    try:
+        train.run(replace(cfg, max_steps=2))
+    finally:
+        musicgen.PRESETS["tiny"] = original
+
+
+def test_ddp_two_processes_match_one_process(prepared, tmp_path):
+    steps = 3
+    single = fresh_copy(prepared, tmp_path, "single", max_steps=steps)
+    train.run(single)
+
+    ddp = fresh_copy(prepared, tmp_path, "ddp", max_steps=steps)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+               "--config", "tiny", "--out_dir", ddp.out_dir, "--cache_dir", ddp.cache_dir,
+               "--max_steps", str(steps), "--samples", "0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout + result.stderr
+
+    one, two = train_losses(single), train_losses(ddp)
+    assert sorted(two) == list(range(1, steps + 1))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path, monkeypatch):
+    cfg = fresh_copy(prepared, tmp_path)  # checkpoints every 3 steps
+    real = musicgen.LM.compute_loss
+    calls = {"train": 0}
+
+    def poisoned(self, codes, condition=None, condition_mask=None):
+        loss, per_codebook = real(self, codes, condition, condition_mask)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 5:  # the 5th training step goes wrong
+                return loss * float("nan"), per_codebook * float("nan")
+        return loss, per_codebook
+
+    monkeypatch.setattr(musicgen.LM, "compute_loss", poisoned)
+    with pytest.raises(train.TrainingError, match=r"(?s)nan.*step 4.*ckpt.pt \(step 3\)"):
+        train.run(cfg)
+    ckpt = torch.load(Path(cfg.out_dir) / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(t).all() for t in ckpt["lm"].values())
+    assert not (Path(cfg.out_dir) / "model.safetensors").exists()  # nothing exported from a diverged run
