@@ -3,21 +3,24 @@ MusicGen: a single transformer language model over K parallel streams of EnCodec
 
 Read top to bottom, with the paper open:
 
-    1. codebook interleaving     delay_pattern / revert_delay / valid_target_mask (+ the parallel pattern)   Paper §2.2
-    2. LMConfig + presets        the sizes of Table 5 and two small ones for tests and laptops                Paper §2.4
+    1. codebook interleaving     delay_pattern / revert_delay / valid_target_mask (+ parallel)   Paper §2.2
+    2. LMConfig + presets        the sizes of Table 5 (+ the melody model) and small ones         Paper §2.4
     3. the transformer LM        summed codebook embeddings + sinusoids, pre-norm layers (causal self-attn,
-                                 cross-attn to the text, FFN), final norm, K heads; its training loss         Paper §2.4
+                                 cross-attn to the text, FFN), final norm, K heads; its training loss;
+                                 the melody model's [chroma ; text] prefix instead of cross-attn  Paper §2.3-2.4
     4. generation                sampling, classifier-free guidance, a short reference loop and the fast
-                                 loop with a preallocated KV cache                                          Paper §3.1
-    5. MusicGen                  tokenizer + T5 + EnCodec + LM, loading and saving the Hugging Face layout
+                                 loop with a preallocated KV cache; audio prompts (continuation)  Paper §3.1
+    5. MusicGen                  tokenizer + T5 + EnCodec + LM, loading and saving the Hugging Face layout;
+                                 melodies (chroma.py), long generation with a sliding window
 
 Shapes: B batch, K codebooks (4), N = card = 2048 codebook size, T audio frames (50 per second), S LM steps,
-L text tokens, D model width. The special "empty" token of the paper has id N (= 2048), so every embedding
-table has N + 1 rows while the heads only ever predict 0..N-1.
+L text tokens, D model width, T_c chroma frames. The special "empty" token of the paper has id N (= 2048), so
+every embedding table has N + 1 rows while the heads only ever predict 0..N-1.
 Facts that the paper leaves out (biases, the sinusoid variant, masking) follow the released checkpoints; the
 places where our code and the paper text differ are marked "Paper vs release".
 """
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import audio
+import chroma as chroma_lib
 from checkpoints import CheckpointError, load_into, load_state_dict, read_config, resolve_model_dir
 
 UNKNOWN = -1  # marks a position that generation still has to fill in
@@ -102,6 +106,14 @@ class LMConfig:
     dropout: float = 0.0  # after positions, each attention block and the FFN (training only)
     cross_attention: bool = True  # text models: yes; the melody model prepends its conditions instead (facts §1.7)
     text_dim: int = 768  # width of the T5 output that enc_to_dec_proj maps to D
+    # melody models only (cross_attention False): the chroma prefix, always fit to chroma_length frames (facts §6.4)
+    num_chroma: int = 12
+    chroma_length: int = chroma_lib.CHROMA_LENGTH  # 235 frames = 30 s at 7.8 frames/s, the released model's
+
+    @property
+    def melody(self):
+        """Melody models read [chroma ; text] as a prefix of their input instead of cross-attending to text."""
+        return not self.cross_attention
 
     def __post_init__(self):
         if self.dim % self.num_heads:
@@ -110,8 +122,9 @@ class LMConfig:
             raise ValueError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}.")
 
     @classmethod
-    def from_hf(cls, decoder, text_dim=768):
-        """From the `decoder` block of a Hugging Face MusicGen config.json (+ the T5 width)."""
+    def from_hf(cls, decoder, text_dim=768, num_chroma=12, chroma_length=chroma_lib.CHROMA_LENGTH):
+        """From the `decoder` block of a Hugging Face MusicGen config.json (+ the T5 width; + the top-level
+        num_chroma and chroma_length of a musicgen-melody config)."""
         if decoder.get("audio_channels", 1) != 1:
             raise CheckpointError("Only mono MusicGen checkpoints are supported (decoder.audio_channels = 1).")
         return cls(
@@ -126,6 +139,8 @@ class LMConfig:
             dropout=decoder.get("dropout", 0.0),
             cross_attention=decoder.get("model_type", "musicgen_decoder") != "musicgen_melody_decoder",
             text_dim=text_dim,
+            num_chroma=num_chroma,
+            chroma_length=chroma_length,
         )
 
     def to_hf(self):
@@ -158,11 +173,18 @@ PRESETS = {
     "musicgen-small": LMConfig(dim=1024, num_layers=24, num_heads=16, ffn_dim=4096),
     "musicgen-medium": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144),
     "musicgen-large": LMConfig(dim=2048, num_layers=48, num_heads=32, ffn_dim=8192),
+    "musicgen-melody": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144, cross_attention=False),
     # ours, trainable on a laptop CPU (~15M parameters), for the codes of encodec_lite's "small" codec (N = 256) ...
     "small": LMConfig(dim=384, num_layers=6, num_heads=6, ffn_dim=1536, card=256, dropout=0.1),
+    # ... the same with melody conditioning; its chroma prefix covers 10 s (1 + 10 s * 32000 / 4096 frames): a
+    # model trained on short clips needs no 30 s prefix. Set chroma_length to your training clip length.
+    "small-melody": LMConfig(dim=384, num_layers=6, num_heads=6, ffn_dim=1536, card=256, dropout=0.1,
+                             cross_attention=False, chroma_length=79),
     # ... and a toy for unit tests, for encodec_lite's "tiny" codec (N = 64).
     # HF's layout has enc_to_dec_proj only when D differs from the text width: keep dim != text_dim.
     "tiny": LMConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, card=64),
+    "tiny-melody": LMConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, card=64, cross_attention=False,
+                            chroma_length=16),
 }
 
 
@@ -284,6 +306,7 @@ class KVCache:
     def __init__(self, memories, memory_mask, max_steps):
         self.layers = [LayerCache(m, max_steps) for m in memories]
         self.memory_mask = memory_mask
+        self.prefix = None  # a melody model's [chroma ; text] vectors [B, P, D], until the first decode call
         self.length = 0  # steps (including any prefix) already in the cache = position of the next step
 
 
@@ -291,10 +314,19 @@ class LM(nn.Module):
     """The MusicGen transformer (Paper §2.4).
 
     lm(sequence [B, K, S], condition [B, L, text_dim], condition_mask [B, L]) -> logits [B, K, S, N]
+    lm(sequence, condition, condition_mask, chroma [B, T_c, 12])   (melody models, config.melody)
 
-    The text projection (HF `enc_to_dec_proj`) lives here, so the LM takes raw T5 outputs as its condition.
+    The text projection (HF `enc_to_dec_proj`) lives here, so the LM takes raw T5 outputs as its condition; so
+    does the melody model's chroma projection. Text models cross-attend to the text (Paper §2.4); the melody model
+    has no cross-attention and reads [chroma ; text] as a prefix before the audio steps instead (facts §1.7):
+
+        input:     [ chroma_0 .. chroma_234 | text_0 .. text_{L-1} | step_0 .. step_{S-1} ]
+        positions:   0 ..................................... P-1 |  P ........ P+S-1        (P = 235 + L)
+        logits:                                                    only for the S steps
+
     Module names -> Hugging Face tensor names (everything else inside a layer is named exactly as in HF):
         condition_proj.*   enc_to_dec_proj.*
+        chroma_proj.*      audio_enc_to_dec_proj.*     (melody models)
         embed.{k}.*        decoder.model.decoder.embed_tokens.{k}.*
         layers.{i}.*       decoder.model.decoder.layers.{i}.*
         out_norm.*         decoder.model.decoder.layer_norm.*
@@ -307,6 +339,8 @@ class LM(nn.Module):
         K, N, D = config.num_codebooks, config.card, config.dim
         self.special = N  # Paper §2.4: the special "empty" token, the extra row of every embedding table
         self.condition_proj = nn.Linear(config.text_dim, D)  # with bias (facts §1.6)
+        if config.melody:
+            self.chroma_proj = nn.Linear(config.num_chroma, D)  # one-hot pitch class -> a learnt vector (+ bias)
         self.embed = nn.ModuleList(nn.Embedding(N + 1, D) for _ in range(K))
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
@@ -331,6 +365,21 @@ class LM(nn.Module):
         memory = memory * mask[..., None]
         mask = mask | ~mask.any(dim=-1, keepdim=True)
         return memory, mask[:, None, None, :]  # [B, 1, 1, L], broadcast over heads and queries
+
+    def melody_prefix(self, condition, condition_mask, chroma=None):
+        """Melody model (facts §1.7): chroma one-hot [B, T_c, 12] (None: the null melody) and T5 output
+        [B, L, text_dim] -> the prefix [B, chroma_length + L, D] = [projected chroma, fit to chroma_length frames ;
+        projected text, padding zeroed]. Nothing is masked: padded text positions are zero vectors (+ position)
+        that every step attends to, as in both references."""
+        if chroma is None:
+            chroma = chroma_lib.null_melody(condition.shape[0], 1, condition.device)  # tiled to length below
+        if chroma.dim() != 3 or chroma.shape[-1] != self.config.num_chroma or chroma.shape[0] != condition.shape[0]:
+            raise ValueError(f"Expected chroma [B={condition.shape[0]}, T_c, {self.config.num_chroma}]; got shape "
+                             f"{tuple(chroma.shape)}. Compute it with chroma.melody_chroma(wav, sample_rate).")
+        dtype = self.chroma_proj.weight.dtype
+        melody = self.chroma_proj(chroma_lib.fit_length(chroma.to(dtype), self.config.chroma_length))  # [B, 235, D]
+        text, _ = self.project_condition(condition, condition_mask)  # [B, L, D], padded positions exactly 0
+        return torch.cat([melody, text], dim=1)
 
     def embed_steps(self, sequence, offset=0, prefix=None):
         """Paper §2.4: sum of the K codebook embeddings + sinusoid of the step -> [B, (P +) S, D].
@@ -362,25 +411,38 @@ class LM(nn.Module):
 
     # ---------------------------------------------------------------- full forward (training, reference loop)
 
-    def forward(self, sequence, condition=None, condition_mask=None, prefix=None):
-        """sequence [B, K, S] -> logits [B, K, S, N]; output step s predicts step s + 1 (Paper §2.4)."""
+    def forward(self, sequence, condition=None, condition_mask=None, chroma=None):
+        """sequence [B, K, S] -> logits [B, K, S, N]; output step s predicts step s + 1 (Paper §2.4).
+        chroma [B, T_c, 12]: the melody of a melody model (None: the null melody)."""
         self.check_sequence(sequence)
         memory, mask = self.memory(condition, condition_mask)
-        x = self.embed_steps(sequence, 0, prefix)
+        x = self.embed_steps(sequence, 0, self.prefix(condition, condition_mask, chroma))
         for layer in self.layers:
             kv = layer.encoder_attn.keys_values(memory) if memory is not None else None
             x = layer(x, kv, mask)
         return self.logits(x[:, -sequence.shape[-1] :])  # drop the prefix positions, if any
 
     def memory(self, condition, condition_mask):
+        """What cross-attention reads: (memory [B, L, D], key mask), or (None, None) for the melody model."""
         if not self.config.cross_attention:
             return None, None
         if condition is None:
             raise ValueError("This LM cross-attends to text: pass condition [B, L, text_dim] (zeros for none).")
         return self.project_condition(condition, condition_mask)
 
-    def compute_loss(self, codes, condition=None, condition_mask=None):
-        """Training loss for clean codes [B, K, T] -> (loss, per-codebook loss [K]).
+    def prefix(self, condition, condition_mask, chroma):
+        """What goes before the steps: the melody model's [chroma ; text] prefix, or None for text models."""
+        if not self.config.melody:
+            if chroma is not None:
+                raise ValueError("This model has no melody conditioning (it cross-attends to text only): "
+                                 "use a melody model such as facebook/musicgen-melody, or pass no melody.")
+            return None
+        if condition is None:
+            raise ValueError("The melody model reads text too: pass condition [B, L, text_dim] (zeros for none).")
+        return self.melody_prefix(condition, condition_mask, chroma)
+
+    def compute_loss(self, codes, condition=None, condition_mask=None, chroma=None):
+        """Training loss for clean codes [B, K, T] -> (loss, per-codebook loss [K]). chroma: melody models only.
 
         Builds the delay pattern, predicts steps 1..T from steps 0..T-1, ignores the special targets
         (valid_target_mask), and averages the per-codebook cross-entropies (audiocraft; facts §2.3)."""
@@ -391,7 +453,7 @@ class LM(nn.Module):
             raise ValueError(f"Codes must lie in 0..{self.config.card - 1}; got {codes.min()}..{codes.max()}.")
         seq = delay_pattern(codes, self.special)  # [B, K, T + K]
         inputs, targets = seq[..., :T], seq[..., 1 : T + 1]  # [B, K, T] each
-        logits = self(inputs, condition, condition_mask)  # [B, K, T, N]
+        logits = self(inputs, condition, condition_mask, chroma)  # [B, K, T, N]
         valid = valid_target_mask(K, T, codes.device)  # [K, T]
         targets = targets.masked_fill(~valid, -100)  # -100: cross_entropy's "ignore" (covers every special target)
         ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten(), reduction="none").view(B, K, T)
@@ -400,17 +462,24 @@ class LM(nn.Module):
 
     # ---------------------------------------------------------------- fast decoding with a KV cache
 
-    def new_cache(self, condition=None, condition_mask=None, max_steps=None):
+    def new_cache(self, condition=None, condition_mask=None, max_steps=None, chroma=None):
         """A KVCache for generating up to max_steps steps; the cross-attention keys/values of every layer are
-        computed here once instead of at every step."""
+        computed here once instead of at every step. A melody model's prefix waits in the cache until the first
+        decode call, which feeds it together with the first steps (and never again: its keys/values stay cached)."""
         memory, mask = self.memory(condition, condition_mask)
         memories = [
             layer.encoder_attn.keys_values(memory) if memory is not None else None for layer in self.layers
         ]
-        return KVCache(memories, mask, max_steps or self.config.max_positions)
+        prefix = self.prefix(condition, condition_mask, chroma)
+        if max_steps is not None and prefix is not None:
+            max_steps += prefix.shape[1]
+        cache = KVCache(memories, mask, max_steps or self.config.max_positions)
+        cache.prefix = prefix
+        return cache
 
-    def decode(self, sequence, cache, prefix=None):
+    def decode(self, sequence, cache):
         """New steps [B, K, n] (n = 1 while generating) after the cache -> logits of the last step [B, K, N]."""
+        prefix, cache.prefix = cache.prefix, None  # the melody prefix goes in with the first call only
         x = self.embed_steps(sequence, cache.length, prefix)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, layer_cache.memory, cache.memory_mask, layer_cache, cache.length)
@@ -435,6 +504,9 @@ class LM(nn.Module):
             normal(head.weight, 1 / math.sqrt(D))
         normal(self.condition_proj.weight, 1 / math.sqrt(self.config.text_dim))
         nn.init.zeros_(self.condition_proj.bias)
+        if self.config.melody:
+            normal(self.chroma_proj.weight, 1 / math.sqrt(self.config.num_chroma))
+            nn.init.zeros_(self.chroma_proj.bias)
         for i, layer in enumerate(self.layers):
             for m in layer.modules():
                 if isinstance(m, nn.Linear):
@@ -442,6 +514,7 @@ class LM(nn.Module):
 
     HF_NAMES = {  # our module prefix -> HF tensor-name prefix (see the class docstring)
         "condition_proj.": "enc_to_dec_proj.",
+        "chroma_proj.": "audio_enc_to_dec_proj.",
         "embed.": "decoder.model.decoder.embed_tokens.",
         "layers.": "decoder.model.decoder.layers.",
         "out_norm.": "decoder.model.decoder.layer_norm.",
@@ -454,7 +527,8 @@ class LM(nn.Module):
         return {_rename(name, self.HF_NAMES): t for name, t in self.state_dict().items()}
 
     def load_hf_state_dict(self, state_dict, source="checkpoint"):
-        """Load tensors named as in a HF MusicGen checkpoint (decoder.* and enc_to_dec_proj.*), strictly."""
+        """Load tensors named as in a HF MusicGen checkpoint (decoder.*, enc_to_dec_proj.* and, for the melody
+        model, audio_enc_to_dec_proj.*), strictly."""
         back = {hf: ours for ours, hf in self.HF_NAMES.items()}
         ours = {_rename(n, back): t for n, t in state_dict.items() if n not in self.HF_IGNORED}
         return load_into(self, ours, source=source)
@@ -464,8 +538,9 @@ class LM(nn.Module):
         """Only the LM of a HF-layout MusicGen directory (MusicGen.from_pretrained loads everything)."""
         model_dir = resolve_model_dir(name_or_path)
         config = musicgen_config(model_dir)
-        lm = uninitialised(cls, LMConfig.from_hf(config["decoder"], config["text_encoder"]["d_model"]))
-        tensors = {n: t for n, t in load_state_dict(model_dir).items() if n.startswith(("decoder.", "enc_to_dec_proj."))}
+        lm = uninitialised(cls, lm_config_from_hf(config))
+        parts = ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")
+        tensors = {n: t for n, t in load_state_dict(model_dir).items() if n.startswith(parts)}
         return lm.load_hf_state_dict(tensors, source=str(model_dir)).eval()
 
 
@@ -508,27 +583,45 @@ def sample_tokens(logits, temperature=1.0, top_k=250, top_p=0.0, greedy=False, g
     return picks.view(probs.shape[:-1])
 
 
-def start_sequence(batch, K, frames, special, device):
-    """The delayed layout to fill in: special tokens where the pattern says so, UNKNOWN where a token is due."""
-    unknown = torch.full((batch, K, frames), UNKNOWN, dtype=torch.long, device=device)
-    return delay_pattern(unknown, special)  # [B, K, T + K]
+def start_sequence(batch, K, frames, special, device, prompt=None):
+    """The delayed layout to fill in [B, K, T + K]: special tokens where the pattern says so, the prompt's codes
+    [B, K, T_p] (continuation) in their delayed places, UNKNOWN where a token is still due."""
+    codes = torch.full((batch, K, frames), UNKNOWN, dtype=torch.long, device=device)
+    if prompt is not None:
+        codes[:, :, : prompt.shape[-1]] = prompt
+    return delay_pattern(codes, special)
 
 
-def with_null_condition(condition, condition_mask, cfg_coef):
-    """(condition, mask, guided): append the null condition (zeros, mask 0; facts §3.1) for guidance, unless
-    guidance cannot change anything (cfg_coef 1, or every prompt is already unconditional)."""
-    unconditional = condition_mask is not None and not bool(condition_mask.any())
-    if condition is None or cfg_coef == 1 or unconditional:
-        return condition, condition_mask, False
+def first_free_step(seq):
+    """The first step that still has a token to generate: 1 without a prompt, T_p + 1 after a T_p-frame prompt
+    (facts §2.2). Every step before it is known, so the first forward pass covers them all at once."""
+    free = (seq == UNKNOWN).any(dim=1).any(dim=0).nonzero()
+    if not len(free):
+        raise ValueError("Nothing to generate: the prompt already covers every requested frame.")
+    return int(free[0])
+
+
+def with_null_condition(condition, condition_mask, cfg_coef, chroma=None):
+    """(condition, mask, guided, chroma): append the null condition for guidance (zero text with mask 0, and for
+    a melody model the null melody, one-hot C; facts §3.1), unless guidance cannot change anything: cfg_coef 1,
+    or every prompt is already unconditional (no text, and no melody or a null one)."""
+    no_text = condition_mask is not None and not bool(condition_mask.any())
+    null_melody = None if chroma is None else chroma_lib.null_melody(*chroma.shape[:2], chroma.device).to(chroma.dtype)
+    no_melody = chroma is None or torch.equal(chroma, null_melody)  # one-hot C everywhere (facts §1.7)
+    if condition is None or cfg_coef == 1 or (no_text and no_melody):
+        return condition, condition_mask, False, chroma
     if condition_mask is None:
         condition_mask = torch.ones(condition.shape[:2], dtype=torch.long, device=condition.device)
     condition = torch.cat([condition, torch.zeros_like(condition)])
     condition_mask = torch.cat([condition_mask, torch.zeros_like(condition_mask)])
-    return condition, condition_mask, True
+    if chroma is not None:
+        chroma = torch.cat([chroma, null_melody])
+    return condition, condition_mask, True, chroma
 
 
 def next_tokens(logits, due, guided, cfg_coef, sampling):
-    """Logits of the last step ([2B or B, K, N]) -> the step's tokens [B, K]; forced specials stay special."""
+    """Logits of the last step ([2B or B, K, N]) -> the step's tokens [B, K]; forced specials and prompt tokens
+    (anything already known in `due`) stay as they are."""
     logits = logits.float()  # guidance and sampling in fp32 even when the LM runs in bf16
     if guided:
         logits = guided_logits(logits, cfg_coef)
@@ -537,37 +630,67 @@ def next_tokens(logits, due, guided, cfg_coef, sampling):
 
 
 @torch.inference_mode()
-def generate_reference(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, **sampling):
+def generate_reference(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, chroma=None,
+                       prompt=None, **sampling):
     """The plain loop: run the whole growing sequence through the LM at every step (quadratic, but obviously
-    right). -> codes [B, K, frames]. sampling: temperature, top_k, top_p, greedy (see sample_tokens)."""
+    right). -> codes [B, K, frames], the first T_p of them the prompt's [B, K, T_p] if one is given.
+    chroma: a melody model's melody [B, T_c, 12]. sampling: temperature, top_k, top_p, greedy (see sample_tokens)."""
     B, K = condition.shape[0], lm.config.num_codebooks
-    seq = start_sequence(B, K, frames, lm.special, condition.device)  # [B, K, T + K]
-    condition, condition_mask, guided = with_null_condition(condition, condition_mask, cfg_coef)
-    for s in range(1, seq.shape[-1]):  # T + K - 1 forward passes (facts §2.2)
+    seq = start_sequence(B, K, frames, lm.special, condition.device, prompt)  # [B, K, T + K]
+    condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
+    for s in range(first_free_step(seq), seq.shape[-1]):  # T + K - 1 forward passes without a prompt (facts §2.2)
         x = seq[:, :, :s]
-        logits = lm(torch.cat([x, x]) if guided else x, condition, condition_mask)[:, :, -1]  # [2B, K, N]
+        logits = lm(torch.cat([x, x]) if guided else x, condition, condition_mask, chroma)[:, :, -1]  # [2B, K, N]
         seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
     return revert_delay(seq)
 
 
 @torch.inference_mode()
-def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, progress=False, **sampling):
+def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, progress=False, chroma=None,
+             prompt=None, **sampling):
     """The fast loop: one new step per forward pass with a KV cache; conditional and unconditional branches run
-    as one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames]."""
+    as one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames].
+
+    The first forward pass covers every known step (step 0, or the prompt's steps, plus a melody model's prefix);
+    after it, one step at a time."""
     B, K = condition.shape[0], lm.config.num_codebooks
-    seq = start_sequence(B, K, frames, lm.special, condition.device)
-    condition, condition_mask, guided = with_null_condition(condition, condition_mask, cfg_coef)
-    cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1])
-    steps = range(1, seq.shape[-1])
+    seq = start_sequence(B, K, frames, lm.special, condition.device, prompt)
+    condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
+    cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
+    start = first_free_step(seq)
+    steps = range(start, seq.shape[-1])
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, unit="step", desc="generating", leave=False)
+    x = seq[:, :, :start]  # everything known goes in first
     for s in steps:
-        x = seq[:, :, s - 1 : s]  # only the newest step goes in
         logits = lm.decode(torch.cat([x, x]) if guided else x, cache)  # [2B, K, N]
         seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
+        x = seq[:, :, s : s + 1]  # then only the newest step
     return revert_delay(seq)
+
+
+# ---------------------------------------------------------------------------- long generation: a sliding window
+#
+# Why there is a limit at all. The LM was trained on crops of at most W frames (30 s for the released models), so
+# it has only ever seen positions 0..W+K-1 (plus a melody prefix): the sinusoid of a later position is a vector it
+# never learnt to read, and its attention was never asked to span more than W frames. Past that point it produces
+# junk (and the position table of the checkpoint ends at max_positions anyway). So a long piece is made of windows
+# of at most W frames, each one a fresh generation whose *prompt* is the last W - stride frames of what exists:
+#
+#     frames:  0         stride      2 stride     W        stride+W     ...
+#     window 1 [==========================================]                       generate W frames
+#     window 2            [ctx ctx ctx ctx ctx ctx ctx ctx ctx|=================]  keep W - stride, add stride
+#     window 3                         [ctx ctx ctx ctx ctx ctx ctx ctx ctx ctx ctx|=====...
+#
+# Each window starts again at position 0, so every position stays inside what the model was trained on, and the
+# W - stride frames of context keep the music going across the joins (tempo, key, timbre). audiocraft's default
+# for its 30 s models is stride 18 s (12 s of context); we use the same ratio, 0.6 W. A melody is re-sliced for
+# each window so that it keeps advancing with the music (facts §6.4): window w hears the melody from its own start.
+
+EXTEND_STRIDE = 0.6  # stride / window, audiocraft's 18 s of 30 s
+TRAINED_SECONDS = 30.0  # the released models' training crops: the default window when a model does not say
 
 
 # ============================================================================ 5. MusicGen: text -> tokens -> audio
@@ -586,14 +709,33 @@ def musicgen_config(model_dir):
     return config
 
 
+def lm_config_from_hf(config):
+    """LMConfig of a whole MusicGen config.json (text or melody: the melody fields sit at the top level)."""
+    return LMConfig.from_hf(config["decoder"], config["text_encoder"]["d_model"], config.get("num_chroma", 12),
+                            config.get("chroma_length", chroma_lib.CHROMA_LENGTH))
+
+
+def trained_frames(model_dir, num_codebooks):
+    """The generation window a checkpoint asks for: generation_config.json's max_length (T + K steps, 1500 for the
+    released models, i.e. their 30 s training crops), or None if the file does not say."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.exists():
+        return None
+    max_length = json.loads(path.read_text()).get("max_length")
+    return max_length - num_codebooks if max_length else None
+
+
 class MusicGen(nn.Module):
-    """Text prompts -> T5 -> LM (delay pattern, guidance) -> EnCodec decoder -> waveform.
+    """Text prompts (+ a melody, + an audio prompt) -> T5 -> LM (delay pattern, guidance) -> EnCodec -> waveform.
 
-    Build from parts (e.g. a fresh LM for training), or load with MusicGen.from_pretrained(dir_or_repo_id)."""
+    Build from parts (e.g. a fresh LM for training), or load with MusicGen.from_pretrained(dir_or_repo_id).
+    `context_frames` is the longest stretch the LM was trained on, the default generation window (None: 30 s, as
+    released); save_pretrained stores it as generation_config.json's max_length."""
 
-    def __init__(self, tokenizer, text_encoder, codec, lm):
+    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None):
         super().__init__()
         self.tokenizer, self.text_encoder, self.codec, self.lm = tokenizer, text_encoder, codec, lm
+        self.context_frames = context_frames
         if codec.num_codebooks != lm.config.num_codebooks or codec.codebook_size != lm.config.card:
             raise ValueError(
                 f"The codec has {codec.num_codebooks} codebooks of {codec.codebook_size}, the LM expects "
@@ -614,13 +756,17 @@ class MusicGen(nn.Module):
 
     @property
     def max_frames(self):
-        return self.lm.config.max_positions - self.lm.config.num_codebooks  # T + K steps must fit the positions
+        """The most frames one window can hold: T + K steps (+ a melody prefix, without its text) must fit the
+        positions."""
+        prefix = self.lm.config.chroma_length if self.lm.config.melody else 0
+        return self.lm.config.max_positions - self.lm.config.num_codebooks - prefix
 
     # ---------------------------------------------------------------- loading and saving (Hugging Face layout)
 
     @classmethod
     def from_pretrained(cls, name_or_path):
-        """A Hugging Face-format MusicGen directory (ours or a downloaded one) or a hub id already in the cache."""
+        """A Hugging Face-format MusicGen or MusicGen-melody directory (ours or a downloaded one) or a hub id
+        already in the cache."""
         from encodec_lite import EncodecConfig, EncodecLite
         from t5_encoder import T5Config, T5Encoder, T5Tokenizer
 
@@ -633,12 +779,13 @@ class MusicGen(nn.Module):
         codec = uninitialised(EncodecLite, EncodecConfig.from_hf(config["audio_encoder"]))
         codec.load_hf_state_dict(_take(tensors, "audio_encoder."), source=f"{model_dir} (audio_encoder)")
         codec.fold_weight_norm()  # inference form of the convolutions
-        lm = uninitialised(LM, LMConfig.from_hf(config["decoder"], config["text_encoder"]["d_model"]))
+        lm = uninitialised(LM, lm_config_from_hf(config))
         lm.load_hf_state_dict(tensors, source=f"{model_dir} (decoder)")
-        return cls(tokenizer, text_encoder, codec, lm).eval()
+        context = trained_frames(model_dir, lm.config.num_codebooks)
+        return cls(tokenizer, text_encoder, codec, lm, context).eval()
 
     def hf_config(self):
-        return {
+        config = {
             "architectures": ["MusicgenForConditionalGeneration"],
             "model_type": "musicgen",
             "is_encoder_decoder": True,
@@ -646,6 +793,10 @@ class MusicGen(nn.Module):
             "audio_encoder": self.codec.config.to_hf(),
             "decoder": self.lm.config.to_hf(),
         }
+        if self.lm.config.melody:  # what transformers' MusicgenMelodyForConditionalGeneration reads
+            config.update(architectures=["MusicgenMelodyForConditionalGeneration"], model_type="musicgen_melody",
+                          num_chroma=self.lm.config.num_chroma, chroma_length=self.lm.config.chroma_length)
+        return config
 
     def hf_state_dict(self):
         tensors = {"text_encoder." + n: t for n, t in self.text_encoder.hf_state_dict().items()}
@@ -655,26 +806,31 @@ class MusicGen(nn.Module):
 
     def save_pretrained(self, model_dir):
         """Write config.json, generation_config.json, model.safetensors and spiece.model: the layout that
-        from_pretrained (and transformers' MusicgenForConditionalGeneration) reads."""
+        from_pretrained (and transformers' MusicgenForConditionalGeneration, or MusicgenMelodyFor... for a melody
+        model) reads."""
         from checkpoints import save_config, save_safetensors
 
         model_dir = Path(model_dir)
         save_config(self.hf_config(), model_dir / "config.json")
-        special = self.lm.special
+        special, K = self.lm.special, self.lm.config.num_codebooks
         save_config(
             {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
-             "do_sample": True, "guidance_scale": 3.0, "top_k": 250, "max_length": 1500},
+             "do_sample": True, "guidance_scale": 3.0, "top_k": 250,
+             "max_length": self.context_frames + K if self.context_frames else 1500},
             model_dir / "generation_config.json",
         )
         save_safetensors(self.hf_state_dict(), model_dir / "model.safetensors")
         self.tokenizer.save_pretrained(model_dir)
 
-    # ---------------------------------------------------------------- generation
+    # ---------------------------------------------------------------- conditions
 
     @torch.no_grad()  # not inference_mode: training feeds these to the trainable condition_proj
     def encode_text(self, prompts):
         """Prompts -> T5 condition [B, L, text_dim] and mask [B, L]. An empty prompt "" is unconditional: its
-        condition is all zeros with mask 0 (the null condition of guidance, facts §3.1)."""
+        condition is all zeros with mask 0 (the null condition of guidance, facts §3.1). Prompts of different
+        lengths are padded to the longest (mask 0): text models hide the padding from cross-attention (as HF);
+        the melody model reads it as zero vectors (as both references), so there a prompt's music can depend
+        slightly on the longest prompt of its batch."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a string or a non-empty list of strings (use \"\" for none).")
@@ -689,34 +845,122 @@ class MusicGen(nn.Module):
         mask[empty.to(self.device)] = 0
         return self.text_encoder(ids, mask), mask
 
+    def prepare_melody(self, melody, sample_rate, batch):
+        """The melody argument -> a list of `batch` mono 32 kHz waveforms [1, 1, N_b], or None.
+
+        melody: [N], [C, N] or [B, C, N] (one for every prompt, or one per prompt), or a list of such clips of
+        different lengths (one per prompt). Resampled / downmixed with a notice (chroma.py works at 32 kHz)."""
+        if melody is None:
+            return None
+        if not self.lm.config.melody:
+            raise ValueError("This model has no melody conditioning: load a melody model (e.g. "
+                             "facebook/musicgen-melody, or one trained from the 'small-melody' preset).")
+        if sample_rate is None:
+            raise ValueError("Pass melody_sample_rate with the melody (the sample rate of its waveform).")
+        clips = list(melody) if isinstance(melody, (list, tuple)) else [melody]
+        wavs = [w for clip in clips for w in audio.prepare(clip, sample_rate, chroma_lib.SAMPLE_RATE, 1, "melody")]
+        if len(wavs) not in (1, batch):
+            raise ValueError(f"Got {len(wavs)} melodies for {batch} prompts: pass one for all, or one per prompt.")
+        return [w[None] for w in wavs] * (batch if len(wavs) == 1 else 1)
+
+    def melody_window(self, melodies, start_frame):
+        """Chroma [B, chroma_length, 12] of each melody as heard from frame `start_frame` of the music on: the
+        waveform is rotated to start there (wrapping round, so a short melody loops), then chroma'd and fit to
+        the prefix (facts §6.4). At frame 0 it is exactly the chroma of the melody as given, as in HF."""
+        if melodies is None:
+            return None
+        shift = round(start_frame / self.frame_rate * chroma_lib.SAMPLE_RATE)
+        length = self.lm.config.chroma_length
+        rotated = [w.roll(-(shift % w.shape[-1]), dims=-1) for w in melodies]
+        return torch.cat([chroma_lib.melody_chroma(w, chroma_lib.SAMPLE_RATE, length) for w in rotated]).to(self.device)
+
+    def encode_prompt(self, prompt_audio, sample_rate, batch):
+        """An audio prompt to continue ([N], [C, N] or [B, C, N]; one for all prompts or one per prompt) ->
+        its codes [B, K, T_p], or None."""
+        if prompt_audio is None:
+            return None
+        if sample_rate is None:
+            raise ValueError("Pass prompt_sample_rate with prompt_audio (the sample rate of its waveform).")
+        codes = self.codec.encode(audio.prepare(prompt_audio, sample_rate, self.sample_rate, 1, "audio prompt"))
+        if codes.shape[0] not in (1, batch):
+            raise ValueError(f"Got {codes.shape[0]} audio prompts for {batch} prompts: pass one, or one per prompt.")
+        return codes.expand(batch, -1, -1).to(self.device)
+
+    # ---------------------------------------------------------------- generation
+
     def check_frames(self, frames):
         if not isinstance(frames, int) or frames <= 0:
             raise ValueError(f"frames must be a positive whole number; got {frames!r}.")
-        if frames > self.max_frames:
+
+    def window_frames(self, condition, window=None, extend_stride=None):
+        """(window, stride) in frames for the sliding window (diagram under "long generation", section 4).
+
+        window: seconds (default: the model's context_frames, else 30 s, at most what the positions allow);
+        extend_stride: seconds the window moves each time (default 0.6 window)."""
+        prefix = self.lm.config.chroma_length + condition.shape[1] if self.lm.config.melody else 0
+        limit = self.lm.config.max_positions - self.lm.config.num_codebooks - prefix
+        if window is None:
+            frames = min(self.context_frames or round(TRAINED_SECONDS * self.frame_rate), limit)
+        else:
+            frames = audio.duration_to_frames(window, self.frame_rate)
+        if not 0 < frames <= limit:
             raise ValueError(
-                f"{frames} frames ({frames / self.frame_rate:.2f} s) is more than this model's "
-                f"{self.max_frames} frames ({self.max_frames / self.frame_rate:.2f} s: T + K steps must fit its "
-                f"{self.lm.config.max_positions} positions). Ask for less."
+                f"A window of {frames} frames ({frames / self.frame_rate:.2f} s) does not fit this model's "
+                f"{self.lm.config.max_positions} positions (T + K steps{' + melody prefix' if prefix else ''} must "
+                f"fit; at most {limit / self.frame_rate:.2f} s). Ask for a shorter window."
             )
+        stride = round(EXTEND_STRIDE * frames) if extend_stride is None else audio.duration_to_frames(
+            extend_stride, self.frame_rate)
+        if not 0 < stride < frames:
+            raise ValueError(f"extend_stride must be shorter than the window ({frames / self.frame_rate:.2f} s) "
+                             f"and positive; got {stride / self.frame_rate:.2f} s.")
+        return frames, stride
 
     def generate_tokens(self, prompts, frames, cfg_coef=3.0, top_k=250, top_p=0.0, temperature=1.0, seed=None,
-                        greedy=False, progress=False):
-        """Prompts -> codes [B, K, frames] (the fast cached loop)."""
+                        greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
+                        prompt_sample_rate=None, window=None, extend_stride=None):
+        """Prompts -> codes [B, K, frames] (the fast cached loop), window after window when frames is longer than
+        the window (the sliding-window diagram in section 4). With prompt_audio, the first T_p frames are the
+        prompt's own codes."""
         self.check_frames(frames)
         condition, mask = self.encode_text(prompts)
+        B = condition.shape[0]
+        melodies = self.prepare_melody(melody, melody_sample_rate, B)
+        codes = self.encode_prompt(prompt_audio, prompt_sample_rate, B)  # [B, K, T_p] or None
+        window, stride = self.window_frames(condition, window, extend_stride)
+        if codes is not None and codes.shape[-1] >= min(frames, window):
+            raise ValueError(
+                f"The audio prompt is {codes.shape[-1] / self.frame_rate:.2f} s long: ask for a longer duration, "
+                f"and use a prompt shorter than the {window / self.frame_rate:.2f} s window."
+            )
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        return generate(self.lm, condition, mask, frames, cfg_coef, generator, progress,
-                        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        start = 0  # first frame of the current window
+        while codes is None or codes.shape[-1] < frames:
+            end = min(start + window, frames)
+            context = None if codes is None else codes[:, :, start:]  # the prompt, then the last window - stride
+            new = generate(self.lm, condition, mask, end - start, cfg_coef, generator, progress,
+                           chroma=self.melody_window(melodies, start), prompt=context, **sampling)
+            codes = new if codes is None else torch.cat([codes[:, :, :start], new], dim=-1)
+            start += stride
+        return codes
 
     @torch.inference_mode()
     def generate(self, prompts, duration=10.0, cfg_coef=3.0, top_k=250, top_p=0.0, temperature=1.0, seed=None,
-                 greedy=False, progress=False):
-        """Prompts -> waveform [B, 1, duration * sample_rate] at self.sample_rate (32 kHz)."""
+                 greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
+                 prompt_sample_rate=None, window=None, extend_stride=None):
+        """Prompts -> waveform [B, 1, duration * sample_rate] at self.sample_rate (32 kHz).
+
+            melody, melody_sample_rate        a tune to follow (melody models; none = the null melody)
+            prompt_audio, prompt_sample_rate  a clip to continue; `duration` counts it (the output starts with it)
+            window, extend_stride             seconds, for music longer than the model's context"""
         if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
             raise ValueError(f"duration must be a positive number of seconds; got {duration!r}.")
         frames = audio.duration_to_frames(duration, self.frame_rate)
-        self.check_frames(frames)
-        codes = self.generate_tokens(prompts, frames, cfg_coef, top_k, top_p, temperature, seed, greedy, progress)
+        codes = self.generate_tokens(
+            prompts, frames, cfg_coef, top_k, top_p, temperature, seed, greedy, progress, melody=melody,
+            melody_sample_rate=melody_sample_rate, prompt_audio=prompt_audio, prompt_sample_rate=prompt_sample_rate,
+            window=window, extend_stride=extend_stride)
         return self.codec.decode(codes)
 
 

@@ -1,0 +1,205 @@
+"""Generation features of musicgen.py / sample.py (issue 7) on tiny random models: continuation, long generation
+with a sliding window, unconditional generation, batches, seeds, and sample.py's outputs.
+
+The tiny LM has only 64 positions, so its window is 60 frames (1.2 s at 50 frames/s) and "3x the context" is fast."""
+
+import json
+
+import pytest
+import torch
+
+import chroma
+import musicgen as M
+
+T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
+PROMPTS = ["80s pop track with bassy drums and synth", "baroque", "lofi hip hop beat"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(spiece_path, preset="tiny", **lm):
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    torch.manual_seed(0)
+    parts = T5Tokenizer(spiece_path), T5Encoder(T5Config(**T5_TINY)), EncodecLite(EncodecConfig.preset("tiny"))
+    return M.MusicGen(*parts, M.LM(M.lm_config(preset, text_dim=32, **lm))).eval()
+
+
+@pytest.fixture(scope="module")
+def mg(spiece_path):
+    return build(spiece_path, max_positions=64)
+
+
+@pytest.fixture(scope="module")
+def model_dir(mg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-64")
+    mg.save_pretrained(path)
+    return path
+
+
+def record_windows(monkeypatch):
+    """Record every call of the one-window generation loop (what the sliding window asks of it)."""
+    calls = []
+    real = M.generate
+
+    def spy(lm, condition, mask, frames, *args, chroma=None, prompt=None, **kwargs):
+        calls.append(dict(frames=frames, prompt=prompt, chroma=chroma))
+        return real(lm, condition, mask, frames, *args, chroma=chroma, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(M, "generate", spy)
+    return calls
+
+
+# ----------------------------------------------------------------------------- continuation
+
+
+def test_continuation_keeps_the_prompt_and_feeds_it_in_one_pass(mg, monkeypatch):
+    clip = mg.codec.decode(torch.randint(0, 64, (1, 4, 20), generator=torch.Generator().manual_seed(1)))
+    prompt_codes = mg.codec.encode(clip)  # what the model is given: the clip's own tokens
+    inputs = []
+    decode = mg.lm.decode
+    monkeypatch.setattr(mg.lm, "decode", lambda x, cache: inputs.append(x.shape[-1]) or decode(x, cache))
+    codes = mg.generate_tokens(["rock", "jazz"], 35, seed=0, prompt_audio=clip[0], prompt_sample_rate=8000)
+    assert codes.shape == (2, 4, 35)
+    assert torch.equal(codes[:, :, :20], prompt_codes.expand(2, -1, -1))  # never overwritten
+    assert inputs[0] == 20 + 1 and set(inputs[1:]) == {1}  # step 0 + the prompt's 20 steps, then one at a time
+    assert len(inputs) == 1 + (35 + 4 - 21 - 1)  # one forward per remaining step
+    wav = mg.generate("rock", duration=0.7, seed=0, prompt_audio=clip[0], prompt_sample_rate=8000)
+    assert wav.shape == (1, 1, 35 * mg.codec.hop_length)  # `duration` counts the prompt
+
+
+def test_continuation_errors(mg):
+    clip = torch.zeros(1, 8000)  # 1 s = 50 frames
+    with pytest.raises(ValueError, match="prompt_sample_rate"):
+        mg.generate("rock", duration=2, prompt_audio=clip)
+    with pytest.raises(ValueError, match="longer duration"):
+        mg.generate("rock", duration=0.5, prompt_audio=clip, prompt_sample_rate=8000)
+
+
+# ----------------------------------------------------------------------------- long generation
+
+
+def test_long_generation_slides_a_window_without_seams(mg, monkeypatch):
+    calls = record_windows(monkeypatch)
+    frames = 3 * 60  # three times the 60-frame window the positions allow
+    codes = mg.generate_tokens(["ambient pad"], frames, seed=0)
+    assert codes.shape == (1, 4, frames) and codes.min() >= 0 and codes.max() < 64  # no special/unknown left
+
+    window, stride = 60, 36  # the default stride is 0.6 window
+    starts = range(0, frames - window + stride, stride)
+    assert [c["frames"] for c in calls] == [min(window, frames - s) for s in starts]
+    assert max(c["frames"] for c in calls) <= mg.max_frames  # every window fits the positions
+    for s, call in zip(starts[1:], calls[1:]):  # each window continues from the last window - stride frames
+        assert torch.equal(call["prompt"], codes[:, :, s : s + window - stride])
+
+    # No seam: where a window's new frames begin (frame 60, 96, 132, ...), the music is like elsewhere: no run
+    # of repeated frames, and the decoded audio is about as loud around the join as on average.
+    joins = [s + window - stride for s in starts[1:]]
+    wav = mg.codec.decode(codes)[0, 0]
+    hop = mg.codec.hop_length
+    rms = wav.square().mean().sqrt()
+    for j in joins:
+        near = codes[0, :, j - 3 : j + 3]
+        assert (near[:, 1:] == near[:, :-1]).all(dim=0).sum() <= 1  # random tokens: frames don't repeat
+        around = wav[(j - 3) * hop : (j + 3) * hop].square().mean().sqrt()
+        assert 0.3 * rms < around < 3 * rms
+
+
+def test_long_generation_with_a_melody_reslices_it(spiece_path, monkeypatch):
+    mg = build(spiece_path, "tiny-melody", max_positions=96)  # window: 96 - 4 - 16 chroma - L text frames
+    calls = record_windows(monkeypatch)
+    t = torch.arange(2 * 32000) / 32000
+    melody = torch.cat([torch.sin(2 * torch.pi * f * t[:16000]) for f in (262, 330, 392, 523)])  # C E G C, 2 s
+    codes = mg.generate_tokens(["piano"], 200, seed=0, melody=melody, melody_sample_rate=32000)
+    assert codes.shape == (1, 4, 200) and len(calls) >= 3
+    first, second = calls[0]["chroma"], calls[1]["chroma"]
+    assert torch.equal(first, chroma.melody_chroma(melody, 32000, 16))  # window 1: the melody as given
+    assert not torch.equal(first, second)  # window 2 hears the melody from its own start time
+
+
+def test_window_arguments_are_checked(mg):
+    with pytest.raises(ValueError, match="positions"):
+        mg.generate_tokens("rock", 10, window=5.0)
+    with pytest.raises(ValueError, match="extend_stride"):
+        mg.generate_tokens("rock", 10, window=1.0, extend_stride=1.0)
+    codes = mg.generate_tokens("rock", 100, seed=0, window=0.5, extend_stride=0.2)  # windows of 25 frames
+    assert codes.shape == (1, 4, 100)
+
+
+# ----------------------------------------------------------------------------- unconditional, batches, seeds
+
+
+def test_unconditional_runs_a_single_branch(mg, monkeypatch):
+    batches = []
+    decode = mg.lm.decode
+    monkeypatch.setattr(mg.lm, "decode", lambda x, cache: batches.append(x.shape[0]) or decode(x, cache))
+    mg.generate_tokens([""], 6, seed=0)
+    assert set(batches) == {1}  # no wasted null branch
+    batches.clear()
+    mg.generate_tokens(["rock"], 6, seed=0)
+    assert set(batches) == {2}  # with text: [cond; uncond]
+
+
+def test_a_batch_equals_separate_calls_under_greedy_decoding(mg):
+    batch = mg.generate_tokens(PROMPTS, 20, greedy=True)  # three prompt lengths: padded
+    alone = torch.cat([mg.generate_tokens([p], 20, greedy=True) for p in PROMPTS])
+    assert torch.equal(batch, alone)
+
+
+def test_seeds_make_sampling_repeatable(mg):
+    a = mg.generate(PROMPTS[:2], duration=0.3, seed=7)
+    b = mg.generate(PROMPTS[:2], duration=0.3, seed=7)
+    c = mg.generate(PROMPTS[:2], duration=0.3, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- sample.py
+
+
+def test_sample_writes_wavs_with_sidecar_settings(model_dir, tmp_path, capsys):
+    import audio
+    import sample
+
+    clip = tmp_path / "clip.wav"
+    audio.write(clip, torch.randn(1, 2000) * 0.1, 8000)  # 0.25 s to continue
+    out = tmp_path / "out"
+    sample.main(["--model", str(model_dir), "--prompt", "rock", "--prompt", "", "--duration", "0.5",
+                 "--continue", str(clip), "--top-k", "20", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "s per generated second" in printed
+    wavs = sorted(out.glob("*.wav"))
+    assert [w.name for w in wavs] == ["00_rock.wav", "01_unconditional.wav"]
+    settings = json.loads(wavs[0].with_suffix(".json").read_text())
+    assert settings["prompt"] == "rock" and settings["top_k"] == 20 and settings["cfg"] == 3.0
+    assert settings["continue"] == str(clip) and settings["model"] == str(model_dir)
+    assert isinstance(settings["seed"], int) and settings["seconds_taken"] > 0 and settings["duration"] == 0.5
+    for key in ("temperature", "top_p", "melody", "window", "extend_stride"):
+        assert key in settings
+    wav, rate = audio.read(wavs[0])
+    assert rate == 8000 and wav.shape[-1] == 4000
+
+    # the recorded seed makes the same files again (same prompts: the batch shares one random stream)
+    again = tmp_path / "again"
+    sample.main(["--model", str(model_dir), "--prompt", "rock", "--prompt", "", "--duration", "0.5", "--continue",
+                 str(clip), "--top-k", "20", "--seed", str(settings["seed"]), "--out", str(again)])
+    torch.testing.assert_close(audio.read(again / "00_rock.wav")[0], wav, atol=0, rtol=0)
+
+
+def test_sample_plot_and_unconditional_flag(model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    import sample
+
+    out = tmp_path / "u.wav"
+    sample.main(["--model", str(model_dir), "--unconditional", "--duration", "0.3", "--plot", "--out", str(out)])
+    assert out.exists() and out.with_suffix(".png").stat().st_size > 0
+    assert json.loads(out.with_suffix(".json").read_text())["prompt"] == ""
+    with pytest.raises(SystemExit, match="unconditional"):
+        sample.main(["--model", str(model_dir), "--unconditional", "--prompt", "x"])

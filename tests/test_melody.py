@@ -1,0 +1,225 @@
+"""Melody conditioning in musicgen.py: parity with transformers' MusicgenMelodyForConditionalGeneration.
+
+The reference is a *reduced* musicgen-melody: the released decoder width (D 1536, 24 heads, FFN 6144, K 4, N 2048,
+235-frame chroma prefix) but 2 layers instead of 48, a 1-layer T5 of t5-base width (768, so enc_to_dec_proj is
+768 -> 1536 as released) and a tiny EnCodec; random weights, float32. The full 1.5 B model would take minutes and
+~12 GB here, and depth adds nothing the prefix path could get wrong. The chroma is computed with our chroma.py and
+handed to HF as `input_features` (its feature extractor needs torchaudio)."""
+
+import math
+
+import pytest
+import torch
+
+import chroma
+import musicgen as M
+
+T5_768 = dict(vocab_size=32128, d_model=768, d_kv=64, num_heads=12, d_ff=256, num_layers=1)
+PROMPTS = ["80s pop track with bassy drums and synth", "baroque"]  # different lengths: the batch is padded
+SR = chroma.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small ops on a busy machine run many times faster on one thread (no OpenMP hand-offs); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tune(notes, seconds_each=0.5, sr=SR):
+    """A sine melody: one MIDI note per segment -> [N]."""
+    t = torch.arange(int(seconds_each * sr)) / sr
+    return torch.cat([0.5 * torch.sin(2 * math.pi * 440 * 2 ** ((n - 69) / 12) * t) for n in notes])
+
+
+@pytest.fixture(scope="module")
+def melodies():
+    """Two different 3 s tunes, [2, 1, N] at 32 kHz (short: the chroma is looped to 235 frames)."""
+    return torch.stack([tune([60, 64, 67, 72, 67, 64]), tune([69, 71, 72, 74, 76, 77])])[:, None]
+
+
+@pytest.fixture(scope="module")
+def hf_melody(tmp_path_factory, spiece_path):
+    """(transformers melody model, its saved directory), reduced as described at the top."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    from encodec_lite import EncodecConfig
+    from t5_encoder import T5Config
+
+    codec = EncodecConfig.preset("tiny", codebook_size=2048, codebook_dim=16,
+                                 target_bandwidths=(4 * 11 * 50 / 1000,))  # K = 4 codebooks of 2048
+    decoder = M.lm_config("musicgen-melody", num_layers=2).to_hf()
+    config = {"model_type": "musicgen_melody", "num_chroma": 12, "chroma_length": 235, "decoder": decoder,
+              "text_encoder": T5Config(**T5_768).to_hf(), "audio_encoder": codec.to_hf()}
+    torch.manual_seed(0)
+    model = transformers.MusicgenMelodyForConditionalGeneration(
+        transformers.MusicgenMelodyConfig.from_dict(config)).eval()
+    with torch.no_grad():  # a visible melody: HF's init gives the 12 -> D projection N(0, 0.02)
+        model.audio_enc_to_dec_proj.weight.normal_(0, 1.0)
+    model_dir = tmp_path_factory.mktemp("musicgen-melody-reduced")
+    model.save_pretrained(model_dir)
+    shutil.copy(spiece_path, model_dir / "spiece.model")
+    return model, model_dir
+
+
+@pytest.fixture(scope="module")
+def ours(hf_melody):
+    return M.MusicGen.from_pretrained(hf_melody[1])
+
+
+def test_loads_as_a_melody_model(ours):
+    config = ours.lm.config
+    assert config.melody and not config.cross_attention and config.chroma_length == 235 and config.dim == 1536
+    assert not any("encoder_attn" in name for name in ours.lm.state_dict())
+
+
+def test_logits_match_transformers(hf_melody, ours, melodies):
+    hf, _ = hf_melody
+    ids, mask = ours.tokenizer(PROMPTS)
+    features = chroma.melody_chroma(melodies, SR)  # [2, 235, 12] one-hot
+    B, K, S = 2, 4, 10
+    seq = torch.randint(0, 2049, (B, K, S), generator=torch.Generator().manual_seed(0))
+    seq[:, :, 0] = 2048
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, input_features=features,
+                 decoder_input_ids=seq.reshape(B * K, S)).logits  # [B*K, P + S, N]: the prefix positions too
+        logits = ours.lm(seq, *ours.encode_text(PROMPTS), chroma=features)
+    torch.testing.assert_close(logits, ref[:, -S:].reshape(B, K, S, -1), atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_with_guidance_matches_transformers(hf_melody, ours, melodies):
+    hf, _ = hf_melody
+    T = 12
+    captured = {}
+    decode = hf.audio_encoder.decode
+
+    def capture(codes, *args, **kwargs):  # HF decodes inside generate; keep the codes it decodes
+        captured["codes"] = codes
+        return decode(codes, *args, **kwargs)
+
+    ids, mask = ours.tokenizer(PROMPTS)
+    hf.audio_encoder.decode = capture
+    try:
+        with torch.no_grad():
+            hf.generate(input_ids=ids, attention_mask=mask, input_features=chroma.melody_chroma(melodies, SR),
+                        do_sample=False, guidance_scale=3.0, max_new_tokens=T + 3)
+    finally:
+        del hf.audio_encoder.decode
+    codes = ours.generate_tokens(PROMPTS, T, cfg_coef=3.0, greedy=True, melody=melodies, melody_sample_rate=SR)
+    assert codes.shape == (2, 4, T)
+    assert torch.equal(codes, captured["codes"][0])
+
+
+def test_no_melody_is_the_null_melody_as_in_transformers(hf_melody, ours):
+    hf, _ = hf_melody
+    ids, mask = ours.tokenizer(PROMPTS)
+    seq = torch.full((8, 3), 2048)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=seq).logits[:, -3:]  # HF's own default
+        logits = ours.lm(seq.view(2, 4, 3), *ours.encode_text(PROMPTS))
+        silent = ours.lm(seq.view(2, 4, 3), *ours.encode_text(PROMPTS),
+                         chroma=chroma.melody_chroma(torch.zeros(2, 1, SR), SR))  # silence = one-hot C too
+    torch.testing.assert_close(logits, ref.reshape(2, 4, 3, -1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(silent, logits, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- tiny melody models of our own
+
+
+@pytest.fixture(scope="module")
+def tiny_melody(tmp_path_factory, spiece_path):
+    """A tiny melody MusicGen of our own, saved in the HF layout and loaded back."""
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    torch.manual_seed(0)
+    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
+    lm = M.LM(M.lm_config("tiny-melody", text_dim=32))
+    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")), lm)
+    model_dir = tmp_path_factory.mktemp("tiny-melody")
+    mg.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_mg(tiny_melody):
+    return M.MusicGen.from_pretrained(tiny_melody)
+
+
+def test_our_melody_checkpoint_loads_in_transformers(tiny_melody, melodies):
+    transformers = pytest.importorskip("transformers")
+    mg = M.MusicGen.from_pretrained(tiny_melody)
+    assert mg.hf_config()["model_type"] == "musicgen_melody" and mg.lm.config.chroma_length == 16
+    hf = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(tiny_melody).eval()
+    ids, mask = mg.tokenizer(PROMPTS)
+    features = chroma.melody_chroma(melodies, SR, length=16)
+    seq = torch.randint(0, 65, (2, 4, 5))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, input_features=features,
+                 decoder_input_ids=seq.reshape(8, 5)).logits[:, -5:].reshape(2, 4, 5, -1)
+        logits = mg.lm(seq, *mg.encode_text(PROMPTS), chroma=features)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+
+
+def test_the_melody_changes_the_logits_and_nothing_is_nan(tiny_mg, melodies):
+    mg = tiny_mg
+    condition, mask = mg.encode_text(["piano", "piano"])
+    seq = torch.randint(0, 65, (2, 4, 6))
+    sine = tune([69], seconds_each=2.0)  # one steady note: every frame is A
+    cases = {"tunes": melodies, "silence": torch.zeros(2, 1, SR), "sine": sine.expand(2, 1, -1)}
+    with torch.no_grad():
+        out = {name: mg.lm(seq, condition, mask, chroma.melody_chroma(wav, SR, 16)) for name, wav in cases.items()}
+    for logits in out.values():
+        assert torch.isfinite(logits).all()
+    assert (out["tunes"][0] - out["tunes"][1]).abs().max() > 1e-3  # same text and tokens, different tunes
+    assert (out["sine"] - out["silence"]).abs().max() > 1e-3
+    # and generation: different tunes give different music, silence and a sine run cleanly
+    for wav in cases.values():
+        codes = mg.generate_tokens(["piano"] * 2, 8, greedy=True, melody=wav, melody_sample_rate=SR)
+        assert codes.min() >= 0 and codes.max() < 64
+    tunes = mg.generate_tokens(["piano"] * 2, 8, greedy=True, melody=melodies, melody_sample_rate=SR)
+    assert not torch.equal(tunes[0], tunes[1])
+
+
+def test_cached_and_reference_loops_agree_with_a_prefix():
+    torch.manual_seed(0)
+    lm = M.LM(M.lm_config("tiny-melody", text_dim=32)).eval()
+    condition, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    melody = chroma.melody_chroma(torch.stack([tune([60, 62]), tune([70, 65])])[:, None], SR)
+    prompt = torch.randint(0, 64, (2, 4, 3))
+    runs = [loop(lm, condition, mask, 10, cfg_coef=3.0, greedy=True, chroma=melody, prompt=prompt)
+            for loop in (M.generate_reference, M.generate)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0][:, :, :3], prompt)
+
+
+def test_melody_inputs_are_checked(tiny_mg, melodies):
+    mg = tiny_mg
+    with pytest.raises(ValueError, match="melody_sample_rate"):
+        mg.generate_tokens("rock", 4, melody=melodies)
+    with pytest.raises(ValueError, match="2 melodies for 3 prompts"):
+        mg.generate_tokens(["a", "b", "c"], 4, melody=melodies, melody_sample_rate=SR)
+    with pytest.raises(ValueError, match="chroma"):
+        mg.lm(torch.zeros(1, 4, 2, dtype=torch.long), *mg.encode_text("rock"), chroma=torch.zeros(1, 5, 7))
+
+
+def test_stereo_44k_melody_is_prepared_with_a_notice(tiny_mg, capsys):
+    mg = tiny_mg
+    stereo = tune([60, 67], sr=44100).expand(2, -1)  # [C, N] at 44.1 kHz
+    codes = mg.generate_tokens(["a", "b"], 4, greedy=True, melody=stereo, melody_sample_rate=44100)
+    assert codes.shape == (2, 4, 4)
+    err = capsys.readouterr().err
+    assert "downmixed" in err and "resampled" in err
+
+
+def test_text_models_refuse_a_melody(spiece_path):
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
+    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")),
+                    M.LM(M.lm_config("tiny", text_dim=32))).eval()
+    with pytest.raises(ValueError, match="no melody conditioning"):
+        mg.generate_tokens("rock", 4, melody=torch.zeros(SR), melody_sample_rate=SR)
