@@ -57,6 +57,7 @@ def chroma_filter_bank(sample_rate=SAMPLE_RATE, n_fft=N_FFT):
     Every FFT bin j (frequency j * sr / n_fft) sits at some fractional position on the 12-per-octave pitch scale;
     it gives its energy to the pitch classes near that position through a Gaussian bump that wraps around the octave.
     Bins far below or above the middle of the musical range are faded out. Built in float64, returned as float32."""
+    # --- exercise: chroma_filter_bank ---
     # Position of every bin on the pitch scale, in semitones above A0 = 27.5 Hz (= 440 Hz / 16, tuning 0).
     freqs = np.arange(1, n_fft) * (sample_rate / n_fft)  # skip DC: log2(0) is -inf
     semitones = N_CHROMA * np.log2(freqs / (440.0 / 16))
@@ -76,6 +77,7 @@ def chroma_filter_bank(sample_rate=SAMPLE_RATE, n_fft=N_FFT):
     # The scale starts at A; roll by 3 semitones so that row 0 is C. Keep the non-negative frequencies only.
     weights = np.roll(weights, -3, axis=0)[:, : n_fft // 2 + 1]
     return torch.from_numpy(np.ascontiguousarray(weights)).float()
+    # --- end exercise: chroma_filter_bank ---
 
 
 # --- spectrogram and chromagram ---------------------------------------------------------------------------------------
@@ -116,7 +118,9 @@ def bottleneck(chroma):
     """[..., 12] → one-hot of the loudest pitch class per frame (Paper §2.3).
 
     torch.argmax returns the first maximal index, so exact ties and all-zero (silent) frames become C."""
+    # --- exercise: chroma_bottleneck ---
     return torch.nn.functional.one_hot(chroma.argmax(dim=-1), N_CHROMA).float()
+    # --- end exercise: chroma_bottleneck ---
 
 
 # --- what generation needs --------------------------------------------------------------------------------------------

@@ -57,18 +57,22 @@ UNKNOWN = -1  # marks a position that generation still has to fill in
 
 def delay_pattern(codes, special):
     """codes [B, K, T] -> delayed sequence [B, K, T + K], step 0 all special (diagram above)."""
+    # --- exercise: delay_pattern ---
     B, K, T = codes.shape
     seq = codes.new_full((B, K, T + K), special)
     for k in range(K):
         seq[:, k, k + 1 : k + 1 + T] = codes[:, k]
     return seq
+    # --- end exercise: delay_pattern ---
 
 
 def revert_delay(seq):
     """Delayed sequence [B, K, S] -> codes [B, K, S - K]: undo the shift of each codebook."""
+    # --- exercise: delay_pattern ---
     B, K, S = seq.shape
     T = S - K
     return torch.stack([seq[:, k, k + 1 : k + 1 + T] for k in range(K)], dim=1)
+    # --- end exercise: delay_pattern ---
 
 
 def parallel_pattern(codes, special):
@@ -87,7 +91,9 @@ def valid_target_mask(K, T, device=None):
     Codebook k is special at its first k of those steps (the "S" in the lower-left of the diagram), so only its
     last T - k targets are real tokens: k=0 uses all T frames, k=3 drops frames T-3..T-1, which appear only in the
     steps T+1..T+3 that a T-frame training crop never reaches."""
+    # --- exercise: valid_target_mask ---
     return torch.arange(T, device=device)[None, :] >= torch.arange(K, device=device)[:, None]
+    # --- end exercise: valid_target_mask ---
 
 
 # ============================================================================ 2. configuration, Paper §2.4 / Table 5
@@ -204,10 +210,12 @@ def sinusoids(positions, dim):
     Note the divisor dim/2 - 1 (not dim/2) and the first half cosines, second half sines (not interleaved):
     that is what the released models were trained with (facts §1.2). Computed in the exp/log form in float32,
     which gives exactly the Hugging Face table. Cheap enough to compute per forward (no stored table)."""
+    # --- exercise: sinusoids ---
     half = dim // 2
     freqs = torch.exp(torch.arange(half, device=positions.device).float() * -(math.log(10000) / (half - 1)))
     phase = positions.float()[:, None] * freqs[None, :]  # [S, D/2]
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+    # --- end exercise: sinusoids ---
 
 
 class Attention(nn.Module):
@@ -240,11 +248,13 @@ class Attention(nn.Module):
 
 def causal_args(n, offset, device):
     """Mask arguments for n new queries at positions offset..offset+n-1 attending to keys 0..offset+n-1."""
+    # --- exercise: causal_kv_cache ---
     if offset == 0:
         return {"is_causal": n > 1}  # the plain causal triangle (lets CUDA use flash attention)
     if n == 1:
         return {}  # one query at the end sees every key
     return {"mask": torch.ones(n, offset + n, dtype=torch.bool, device=device).tril(offset)}  # chunk after a past
+    # --- end exercise: causal_kv_cache ---
 
 
 class Layer(nn.Module):
@@ -290,6 +300,7 @@ class LayerCache:
         self.max_steps = max_steps
 
     def update(self, keys, values, offset):
+        # --- exercise: causal_kv_cache ---
         if self.keys is None:  # allocate on first use, in the dtype the layer actually produces
             B, H, _, Dh = keys.shape
             self.keys = keys.new_empty(B, H, self.max_steps, Dh)
@@ -298,6 +309,7 @@ class LayerCache:
         self.keys[:, :, offset:end] = keys  # written in place: no allocation per step
         self.values[:, :, offset:end] = values
         return self.keys[:, :, :end], self.values[:, :, :end]
+        # --- end exercise: causal_kv_cache ---
 
 
 class KVCache:
@@ -557,8 +569,10 @@ def _rename(name, prefixes):
 def guided_logits(logits, cfg_coef):
     """Classifier-free guidance on a [cond; uncond] batch [2B, ...] -> [B, ...]: uncond + cfg (cond - uncond)
     (facts §3.2; the paper applies CFG to the logits, §3.1). Applied before temperature and top-k."""
+    # --- exercise: guidance ---
     cond, uncond = logits.chunk(2)
     return uncond + cfg_coef * (cond - uncond)
+    # --- end exercise: guidance ---
 
 
 def sample_tokens(logits, temperature=1.0, top_k=250, top_p=0.0, greedy=False, generator=None):
@@ -576,8 +590,10 @@ def sample_tokens(logits, temperature=1.0, top_k=250, top_p=0.0, greedy=False, g
         keep = torch.zeros_like(keep).scatter(-1, order, keep)  # back to token order
         logits = logits.masked_fill(~keep, float("-inf"))
     elif top_k > 0:
+        # --- exercise: top_k ---
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+        # --- end exercise: top_k ---
     probs = logits.softmax(dim=-1)
     picks = torch.multinomial(probs.flatten(0, -2), 1, generator=generator)
     return picks.view(probs.shape[:-1])

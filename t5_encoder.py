@@ -213,6 +213,7 @@ def relative_position_bucket(relative_position, num_buckets=32, max_distance=128
     small distances get a bucket each and larger ones share logarithmically wider buckets up to max_distance;
     everything further away falls into the last bucket. With 32 buckets and max distance 128:
     0 -> 0, -1 -> 1, -7 -> 7, -8 -> 8, -16 -> 10, -128 -> 15; +1 -> 17, +8 -> 24, +128 -> 31."""
+    # --- exercise: relative_position_bucket ---
     half = num_buckets // 2
     bucket = (relative_position > 0).long() * half  # right half starts at bucket `half`
     n = relative_position.abs()
@@ -222,6 +223,7 @@ def relative_position_bucket(relative_position, num_buckets=32, max_distance=128
     scaled = torch.log(n.clamp(min=exact).float() / exact) / math.log(max_distance / exact) * (half - exact)
     far = (exact + scaled.long()).clamp(max=half - 1)
     return bucket + torch.where(n < exact, n, far)
+    # --- end exercise: relative_position_bucket ---
 
 
 # -----------------------------------------------------------------------------
