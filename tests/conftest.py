@@ -25,3 +25,16 @@ def shared_dir():
 @pytest.fixture(scope="session")
 def spiece_path(shared_dir):
     return shared_dir / "assets" / "t5_spiece.model"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models run faster on one torch thread: OpenMP hand-offs cost more than the work, and far more when
+    another process is using the second core. Files of small-model tests opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`; the thread count is restored after the file."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

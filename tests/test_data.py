@@ -14,13 +14,7 @@ import synth
 SR = 8000  # encodec_lite's "tiny" codec rate: everything here stays small
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions on a busy 2-core machine run faster on one thread; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ IN_STUDENT_COPY = (ROOT / exercises.COPY_NOTE).exists()
 meta = pytest.mark.skipif(IN_STUDENT_COPY, reason="a student copy: the exercise machinery is tested in the original")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,12 +15,7 @@ T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_l
 PROMPTS = ["80s pop track with bassy drums and synth", "baroque", "lofi hip hop beat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(spiece_path, preset="tiny", **lm):

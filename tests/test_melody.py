@@ -19,13 +19,7 @@ PROMPTS = ["80s pop track with bassy drums and synth", "baroque"]  # different l
 SR = chroma.SAMPLE_RATE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops on a busy machine run many times faster on one thread (no OpenMP hand-offs); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tune(notes, seconds_each=0.5, sr=SR):

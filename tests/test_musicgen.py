@@ -19,13 +19,7 @@ T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_l
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops on a busy machine run many times faster on one thread (no OpenMP hand-offs); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
