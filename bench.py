@@ -40,25 +40,225 @@ def report(name, ours, theirs, unit="s"):
 
 # --- section: t5 ---
 def bench_t5(args):
-    raise NotImplementedError("filled in by the T5 work")
+    """T5-base encoder (what every MusicGen runs first) on 8 prompts of 5..32 tokens, fp32, inference mode."""
+    import transformers
+
+    from t5_encoder import T5_PRESETS, T5Encoder
+
+    theirs = transformers.T5EncoderModel(transformers.T5Config.from_dict(T5_PRESETS["t5-base"].to_hf())).eval()
+    theirs.save_pretrained(args.tmp)
+    ours = T5Encoder.from_pretrained(args.tmp)
+    lengths = torch.tensor([5, 9, 12, 16, 20, 24, 28, 32])
+    mask = (torch.arange(32)[None, :] < lengths[:, None]).long()  # [8, 32], right padding
+    ids = torch.randint(3, 32000, (8, 32)) * mask  # pad id 0
+
+    def timed_pair(fn_ours, fn_theirs, rounds=7):
+        """Alternate short runs of both and keep each one's best median, so that load from other work on a shared
+        machine falls on both sides alike."""
+        pairs = [(median_time(fn_ours, repeat=3), median_time(fn_theirs, repeat=3)) for _ in range(rounds)]
+        return min(p[0] for p in pairs), min(p[1] for p in pairs)
+
+    one_ids, one_mask = ids[2:3, :12], mask[2:3, :12]  # a single 12-token prompt, the usual generate() call
+    with torch.inference_mode():
+        diff = (ours(ids, mask) - theirs(input_ids=ids, attention_mask=mask).last_hidden_state)[mask.bool()]
+        print(f"  max |ours - transformers| at real tokens: {diff.abs().max().item():.2e}")
+        for name, (i, m) in {"8 prompts x 5..32 tok": (ids, mask), "1 prompt x 12 tok": (one_ids, one_mask)}.items():
+            times = timed_pair(lambda: ours(i, m), lambda: theirs(input_ids=i, attention_mask=m))
+            report(f"t5-base encode, {name}", *times)
 # --- end section: t5 ---
 
 
 # --- section: encodec ---
-def bench_encodec(args):
-    raise NotImplementedError("filled in by the EnCodec work")
+def bench_encodec(args, seconds=10.0):
+    """Encode + decode 10 s of 32 kHz audio with the encodec_32khz architecture: ours vs transformers, same weights."""
+    from transformers import EncodecConfig as HFEncodecConfig
+    from transformers import EncodecModel
+
+    from encodec_lite import EncodecConfig, EncodecLite
+
+    hf = EncodecModel(HFEncodecConfig(**EncodecConfig.preset("encodec_32khz").to_hf())).eval()
+    with torch.no_grad():  # spread the codebooks so that the nearest-code search is not trivially one code
+        for layer in hf.quantizer.layers:
+            layer.codebook.embed.normal_(0, 0.01)
+    hf.save_pretrained(args.tmp)
+    ours = EncodecLite.from_pretrained(args.tmp)
+    n = int(seconds * ours.sample_rate)
+    t = torch.arange(n) / ours.sample_rate
+    wav = (0.3 * torch.sin(2 * torch.pi * 220 * t) * (1 + torch.sin(2 * torch.pi * 3 * t)) / 2)[None, None]
+
+    def theirs_fn():
+        with torch.inference_mode():
+            codes = hf.encode(wav).audio_codes
+            return hf.decode(codes, [None]).audio_values
+
+    def ours_fn():
+        with torch.inference_mode():
+            return ours.decode(ours.encode(wav))
+
+    assert torch.equal(ours.encode(wav), hf.encode(wav).audio_codes[0]), "codes differ from transformers"
+    # interleave the two so that load from other processes hits both alike; keep each one's best median
+    t_ours, t_theirs = float("inf"), float("inf")
+    for _ in range(3):
+        t_theirs = min(t_theirs, median_time(theirs_fn, repeat=3, warmup=1))
+        t_ours = min(t_ours, median_time(ours_fn, repeat=3, warmup=1))
+    report(f"encode+decode {seconds:g} s @ 32 kHz", t_ours, t_theirs)
+    print(f"  real-time factor: ours {seconds / t_ours:.1f}x, transformers {seconds / t_theirs:.1f}x faster than real time")
 # --- end section: encodec ---
 
 
 # --- section: generate ---
+# Autoregressive decoding at batch 1 is memory-bound: every step reads every weight the step uses once (~1.4 GB
+# in fp32 for musicgen-small), so the floor is that read time, and anything above it is overhead. Each
+# implementation runs in its own fresh process so that its peak memory (VmHWM) is its own.
+GEN_FRAMES = 50  # 1 s of audio = 53 steps with the delay pattern
+GEN_TOKENS = [[3, 9, 1552, 3, 2, 6432, 1]]  # any T5 ids: the speed does not depend on the prompt
+
+
+def _rss_gb(field):
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc/self/status, in GB."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return kb / 2**20
+
+
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
+
+
+def _build_reference(model_dir):
+    """A transformers MusicgenForConditionalGeneration at musicgen-small size, random weights, saved."""
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    import musicgen
+    from encodec_lite import EncodecConfig
+    from t5_encoder import T5_PRESETS
+
+    config = transformers.MusicgenConfig.from_dict({
+        "text_encoder": T5_PRESETS["t5-base"].to_hf(), "audio_encoder": EncodecConfig().to_hf(),
+        "decoder": musicgen.PRESETS["musicgen-small"].to_hf()})
+    with no_init_weights(), torch.no_grad():  # speed does not depend on the values: a plain fill is enough
+        model = transformers.MusicgenForConditionalGeneration(config)
+        model.tie_weights()
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.save_pretrained(model_dir)
+
+
+def _time_generation(kind, model_dir, threads, repeat):
+    """(ms per step, peak GB during generation, GB after loading, floor ms per step or None), in a fresh process."""
+    torch.set_num_threads(threads)
+    ids = torch.tensor(GEN_TOKENS)
+    mask = torch.ones_like(ids)
+    if kind == "ours":
+        import musicgen
+        from t5_encoder import T5Encoder
+
+        text_encoder, lm = T5Encoder.from_pretrained(model_dir).eval(), musicgen.LM.from_pretrained(model_dir)
+
+        def run():
+            with torch.inference_mode():
+                musicgen.generate(lm, text_encoder(ids, mask), mask, GEN_FRAMES, cfg_coef=3.0, greedy=True)
+    else:
+        import types
+
+        import transformers
+
+        hf = transformers.MusicgenForConditionalGeneration.from_pretrained(model_dir).eval()
+        hf.audio_encoder.decode = lambda codes, *a, **k: types.SimpleNamespace(audio_values=codes)  # tokens only
+
+        def run():
+            with torch.inference_mode():
+                hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=3.0,
+                            max_new_tokens=GEN_FRAMES + 3)
+
+    loaded = _rss_gb("VmRSS")
+    run()  # warm-up
+    _reset_peak()
+    seconds = min(median_time(run, repeat=1, warmup=0) for _ in range(repeat))
+    peak = _rss_gb("VmHWM")
+    floor = _weight_read_floor(lm, repeat) if kind == "ours" else None
+    return 1000 * seconds / (GEN_FRAMES + 3), peak, loaded, floor
+
+
+def _weight_read_floor(lm, repeat):
+    """ms to multiply a batch of 2 (cond + uncond) by every weight matrix one decoding step reads: the
+    memory-bandwidth floor of a step. Cross-attention keys/values are computed once, so their weights don't count."""
+    weights = [lin.weight for layer in lm.layers for lin in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+        layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2)]
+    weights += [head.weight for head in lm.heads]
+    xs = {w.shape[1]: torch.randn(2, w.shape[1]) for w in weights}
+
+    def read_all():
+        for w in weights:
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+
+    gb = sum(w.numel() * w.element_size() for w in weights) / 1e9
+    ms = 1000 * min(median_time(read_all, repeat=5) for _ in range(repeat))
+    print(f"  weights read per step: {gb:.2f} GB; reading them all once takes {ms:.1f} ms ({gb / ms * 1000:.0f} GB/s)")
+    return ms
+
+
+def _in_fresh_process(fn, *fn_args):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *fn_args).result()
+
+
 def bench_generate(args):
-    raise NotImplementedError("filled in by the MusicGen work")
+    """musicgen-small, batch 1 with guidance (one batch of 2), greedy, fp32, GEN_FRAMES frames: ours vs transformers."""
+    model_dir = os.path.join(args.tmp, "musicgen-small")
+    _in_fresh_process(_build_reference, model_dir)
+    print(f"  musicgen-small (random weights), {GEN_FRAMES} frames = {GEN_FRAMES + 3} steps, batch 1 + guidance, "
+          "greedy, fp32; best of 3 runs each")
+    results = {kind: _in_fresh_process(_time_generation, kind, model_dir, args.threads, 3) for kind in ("ours", "hf")}
+    (ours, ours_peak, ours_loaded, floor), (hf, hf_peak, hf_loaded, _) = results["ours"], results["hf"]
+    report("ms per generation step", ours, hf, unit="ms")
+    print(f"  steps/s: ours {1000 / ours:.1f}, transformers {1000 / hf:.1f}; the weight-read floor is "
+          f"{floor:.1f} ms/step ({1000 / floor:.1f} steps/s): ours is at x{ours / floor:.2f} of it")
+    print(f"  peak RSS while generating (GB): ours {ours_peak:.2f}, transformers {hf_peak:.2f}; "
+          f"after loading: ours {ours_loaded:.2f}, transformers {hf_loaded:.2f}")
 # --- end section: generate ---
 
 
 # --- section: chroma ---
 def bench_chroma(args):
-    raise NotImplementedError("filled in by the chroma work")
+    """Melody chroma of 30 s at 32 kHz: chroma.chromagram vs transformers' MusicgenMelodyFeatureExtractor.
+
+    The reference needs torchaudio (not installable next to this torch) for one object, its Spectrogram; we give it
+    a stand-in built from torch.stft with the same semantics (as tests/test_chroma.py does), so both sides run the
+    same FFT and the timing compares everything around it."""
+    import importlib
+    import types
+
+    import chroma
+
+    class StftSpectrogram(torch.nn.Module):  # torchaudio.transforms.Spectrogram(power=2, normalized=True, center)
+        def __init__(self, n_fft, win_length, hop_length, **_):
+            super().__init__()
+            self.n_fft, self.hop_length, self.window = n_fft, hop_length, torch.hann_window(win_length)
+
+        def forward(self, wav):
+            spec = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True,
+                              pad_mode="reflect", return_complex=True)
+            return (spec / self.window.pow(2).sum().sqrt()).abs().pow(2)
+
+    module = importlib.import_module("transformers.models.musicgen_melody.feature_extraction_musicgen_melody")
+    module.torchaudio = types.SimpleNamespace(transforms=types.SimpleNamespace(Spectrogram=StftSpectrogram))
+    reference = module.MusicgenMelodyFeatureExtractor()
+
+    wav = 0.1 * torch.randn(30 * chroma.SAMPLE_RATE)
+    theirs_fn = lambda: reference(wav.numpy(), sampling_rate=chroma.SAMPLE_RATE, return_tensors="pt")  # noqa: E731
+    same = torch.equal(chroma.chromagram(wav, chroma.SAMPLE_RATE), theirs_fn()["input_features"])
+    ours_fn = lambda: chroma.chromagram(wav, chroma.SAMPLE_RATE)  # noqa: E731
+    # A few alternating rounds, best median of each: a busy machine slows whichever happens to run during a burst.
+    rounds = [(median_time(ours_fn, repeat=10), median_time(theirs_fn, repeat=10)) for _ in range(3)]
+    ours, theirs = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    report(f"chromagram, 30 s (identical one-hots: {same})", ours, theirs)
 # --- end section: chroma ---
 
 
