@@ -158,6 +158,18 @@ def pad1d(x, left, right, mode):
     return F.pad(x, (left, right), mode)[..., : length + left + right]
 
 
+@torch.no_grad()
+def unit_gain_init(conv):
+    """Start every weight-normed filter with norm g = 1 (a checkpoint overwrites it; this matters for training only).
+
+    PyTorch's default init gives each filter a norm of about 1/sqrt(3), so every conv shrinks its input by ~0.6; after
+    the ~15 convs and ELUs of the encoder a random codec's latent barely varies over time (std ~0.006 against a
+    constant offset ~0.05). The decoder then learns to ignore it and produces the *average* spectrum of the training
+    audio (the mel loss drops, the waveform stays uncorrelated), and VQ on such a latent collapses onto one code.
+    With g = 1 a conv roughly keeps the size of its input, and the latent starts out varying with the music."""
+    conv.parametrizations.weight.original0.fill_(1.0)
+
+
 class Conv1d(nn.Module):
     """A weight-normed Conv1d that keeps the length: `ceil(L / stride)` output frames for L input samples.
 
@@ -170,6 +182,7 @@ class Conv1d(nn.Module):
         # Weight norm (w = g * v / ||v||, one g per output channel) decouples a filter's scale from its direction,
         # which makes the conv stack easier to optimise; at inference it is folded back into a plain weight.
         self.conv = weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation))
+        unit_gain_init(self.conv)
         self.stride, self.pad_mode = stride, pad_mode
         self.padding_total = (kernel_size - 1) * dilation + 1 - stride
 
@@ -187,6 +200,7 @@ class ConvTranspose1d(nn.Module):
         super().__init__()
         # weight [C_in, C_out, k]: weight norm's g is per *input* channel here (dim 0)
         self.conv = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride))
+        unit_gain_init(self.conv)
         self.padding_total = kernel_size - stride
 
     def forward(self, x):  # [B, C_in, L] -> [B, C_out, L * stride]
@@ -303,7 +317,8 @@ class Codebook(nn.Module):
 class VectorQuantizer(nn.Module):
     """One RVQ stage: nearest code vector, plus its EMA k-means training."""
 
-    decay = 0.99          # EMA decay of the codebook statistics
+    decay = 0.95          # EMA decay of the codebook statistics (EnCodec: 0.99; a short run needs codes that keep
+                          # up with an encoder that still moves, else they are left behind and one code wins)
     epsilon = 1e-5        # Laplace smoothing of the counts, so that an unused code does not divide by zero
     dead_fraction = 0.1   # a code is dead when its EMA usage is below 10% of a fair share (batch vectors / N)
     kmeans_iters = 10
@@ -333,7 +348,7 @@ class VectorQuantizer(nn.Module):
             counts = onehot.sum(0)
             means = (onehot.t() @ x) / counts.clamp(min=1)[:, None]
             centroids = torch.where(counts[:, None] > 0, means, centroids)
-        # usage starts at the dead-code threshold, not at the k-means counts: the encoder is still random and its
+        # usage starts at the dead-code threshold, not at the k-means counts: the encoder is still training and its
         # output will move, so a code must earn its place by being used from now on
         usage = torch.full_like(counts, self.dead_threshold(len(x)))
         self.codebook.embed.copy_(centroids)
@@ -381,11 +396,13 @@ class ResidualVectorQuantizer(nn.Module):
     def encode(self, latent):  # [B, D, T] -> codes [B, K, T]
         B, D, T = latent.shape
         residual = latent.transpose(1, 2).reshape(B * T, D)  # one row per frame
+        # --- exercise: rvq_encode ---
         codes = []
         for layer in self.layers[: self.num_codebooks]:
             idx = layer.nearest(residual)
             residual = residual - layer.lookup(idx)
             codes.append(idx)
+        # --- end exercise: rvq_encode ---
         return torch.stack(codes, 1).view(B, T, -1).transpose(1, 2)
 
     def decode(self, codes):  # [B, K, T] -> latent [B, D, T]
@@ -496,11 +513,14 @@ class EncodecLite(nn.Module):
 
     # --- training
 
-    def forward(self, wav):
-        """Training pass: wav [B, C, N] -> (reconstruction [B, C, N], codes [B, K, T], commitment loss).
+    def forward(self, wav, quantize=True):
+        """Training pass: wav [B, C, N] -> (reconstruction [B, C, N], codes [B, K, T] or None, commitment loss).
 
-        In training mode this also updates the codebooks (EMA). The input must already be at `sample_rate`."""
+        In training mode this also updates the codebooks (EMA). The input must already be at `sample_rate`.
+        quantize=False skips the RVQ (a plain auto-encoder): the warm-up, see train_codec."""
         latent = self.encoder(wav)
+        if not quantize:
+            return self.decoder(latent)[..., : wav.shape[-1]], None, latent.new_zeros(())
         quantized, codes, commit = self.quantizer(latent)
         return self.decoder(quantized)[..., : wav.shape[-1]], codes, commit
 
@@ -604,12 +624,14 @@ class CodecLoss(nn.Module):
     the loud parts. We keep the L1 term and add a log-mel term (as HiFi-GAN and DAC do), which weighs quiet partials,
     the ones that carry the harmony, like loud ones. The log is floored at -60 dB: below that nothing is audible,
     and without a floor the loss would be spent on pushing empty bands towards -100 dB. Windows 2^6 .. 2^11,
-    64 mel bands (fewer for the shortest windows, whose spectra have too few bins to fill 64 bands)."""
+    n_fft / 8 mel bands each (8 .. 256): the long windows get enough bands to tell neighbouring semitones apart
+    (at 16 kHz the 2048 window's 256 bands are ~9 Hz wide around 200 Hz, a semitone there is 12 Hz). With a fixed 64
+    bands (~35 Hz there) a note one semitone off costs the loss almost nothing, yet it is all chroma sees."""
 
     def __init__(self, sample_rate, scales=range(6, 12), time_weight=0.1, floor=1e-3):
         super().__init__()
         self.time_weight, self.floor = time_weight, floor
-        self.mels = nn.ModuleList(MelSpectrogram(sample_rate, 2 ** i, min(64, 2 ** i // 4)) for i in scales)
+        self.mels = nn.ModuleList(MelSpectrogram(sample_rate, 2 ** i, 2 ** i // 8) for i in scales)
 
     def forward(self, x, y):  # x target, y reconstruction, both [B, C, N] -> dict of scalar losses
         mel = 0.0
@@ -707,9 +729,9 @@ class CodecTrainer:
         self.disc = STFTDiscriminator().to(device) if adversarial else None
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9)) if adversarial else None
 
-    def step(self, wav):  # wav [B, C, N] at codec.sample_rate
+    def step(self, wav, quantize=True):  # wav [B, C, N] at codec.sample_rate
         wav = wav.to(self.codec.device)
-        recon, codes, commit = self.codec(wav)
+        recon, codes, commit = self.codec(wav, quantize)
         losses = self.loss(wav, recon)
         total = self.loss.total(losses, commit)
         stats = {}
@@ -728,7 +750,9 @@ class CodecTrainer:
             self.disc_opt.step()
             stats["disc"] = d_loss.item()
         stats.update(loss=total.item(), l1=losses["l1"].item(), mel=losses["mel"].item(), commit=commit.item(),
-                     grad_norm=grad_norm.item(), **codebook_stats(codes, self.codec.codebook_size))
+                     grad_norm=grad_norm.item())
+        if codes is not None:
+            stats.update(codebook_stats(codes, self.codec.codebook_size))
         return stats
 
     def state_dict(self):
@@ -748,8 +772,12 @@ class CodecTrainer:
 
 
 def train_codec(codec, get_batch, steps, lr=3e-4, adversarial=False, log_every=50, callback=None,
-                trainer=None, start_step=0):
+                trainer=None, start_step=0, warmup=0):
     """Train `codec` for steps start_step .. steps-1; returns the list of logged stats dicts.
+
+    The first `warmup` steps train a plain auto-encoder (RVQ off); the first quantised step then k-means-initialises
+    the codebooks from the latents of the trained encoder. VQ on a random encoder collapses: its latent barely
+    varies, so one code wins every frame and the decoder learns to ignore it.
 
     get_batch(step) -> wav [B, C, N] at codec.sample_rate (a function of the step, so a resumed run sees the same
     batches). callback(step, stats, trainer) is called every `log_every` steps and after the last one (print,
@@ -757,7 +785,7 @@ def train_codec(codec, get_batch, steps, lr=3e-4, adversarial=False, log_every=5
     trainer = trainer or CodecTrainer(codec, lr=lr, adversarial=adversarial)
     history = []
     for step in range(start_step, steps):
-        stats = trainer.step(get_batch(step))
+        stats = trainer.step(get_batch(step), quantize=step >= warmup)
         if not all(math.isfinite(v) for v in stats.values()):
             raise FloatingPointError(f"Codec training diverged at step {step}: {stats}. Lower the learning rate.")
         if (step + 1) % log_every == 0 or step + 1 == steps:

@@ -88,10 +88,11 @@ class TrainConfig:
     clips_per_style: int = opt(60, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
-    codec_steps: int = opt(500, "codec training steps")
+    codec_steps: int = opt(1400, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(8, "codec batch size (crops)")
     codec_crop_seconds: float = opt(1.0, "codec training crop length (EnCodec: 1 s)")
-    codec_lr: float = opt(1e-3, "codec Adam learning rate (EnCodec: 3e-4 for a much longer run)")
+    codec_lr: float = opt(3e-4, "codec Adam learning rate (EnCodec's; 1e-3 made the short run chaotic)")
+    codec_warmup: float = opt(0.3, "fraction of codec steps trained as a plain auto-encoder, before the RVQ is on")
     # text encoder (Paper §2.3)
     t5: str = opt("", "'' = train a small T5 from scratch; auto = t5-base from the HF cache if there; or a directory")
     t5_preset: str = opt("tiny", "size of the T5 trained from scratch (t5_encoder.T5_PRESETS)")
@@ -357,6 +358,10 @@ def train_codec(cfg, clips, proc):
                f"K={codec.num_codebooks} codebooks of {codec.codebook_size}, {n_params / 1e6:.2f}M parameters; "
                f"{cfg.codec_steps} steps of {cfg.codec_batch} x {cfg.codec_crop_seconds:g} s crops")
     samples = int(cfg.codec_crop_seconds * codec.sample_rate)
+    # Quantizer warm-up: VQ on a random encoder collapses (its latent barely varies, one code wins every frame). So
+    # the codec first learns as a plain auto-encoder; the first quantised step then k-means-initialises each codebook
+    # from the latents of the *trained* encoder (VectorQuantizer.kmeans_init), and the RVQ stays on from there.
+    warmup = round(cfg.codec_warmup * cfg.codec_steps)
     keep_log_until(out / "codec_log.jsonl", start)
 
     def save(step):
@@ -369,13 +374,13 @@ def train_codec(cfg, clips, proc):
         for step in range(start, cfg.codec_steps):
             torch.manual_seed(step_seed(cfg.seed, step, 0))  # k-means init and dead-code reseeding draw from it
             wav = data.audio_batch(clips, step, cfg.codec_batch, samples, codec.sample_rate, seed=cfg.seed)
-            stats = trainer.step(wav)
+            stats = trainer.step(wav, quantize=step >= warmup)
             if not math.isfinite(stats["loss"]):
                 raise TrainingError(f"Codec loss is {stats['loss']} at step {step}. Lower --codec_lr and rerun "
                                     f"(it resumes from {ckpt_path} if one was saved).")
             bar.update()
             bar.set_postfix(loss=f"{stats['loss']:.3f}", mel=f"{stats['mel']:.3f}",
-                            ppl="/".join(f"{stats[f'ppl{q}']:.0f}" for q in range(codec.num_codebooks)))
+                            ppl="/".join(f"{stats.get(f'ppl{q}', 0):.0f}" for q in range(codec.num_codebooks)))
             done = step + 1
             if done % cfg.log_every == 0:
                 log(out / "codec_log.jsonl", step=done, **stats)
@@ -598,7 +603,8 @@ def stage_lm(cfg, codec, tokens, proc):
     else:
         say(proc, f"[lm] already trained to step {start} (max_steps {cfg.max_steps})")
     if proc.main:
-        mg = MusicGen(tokenizer, text_encoder, codec, lm).eval()
+        # generate with windows no longer than the training windows: positions beyond them were never trained
+        mg = MusicGen(tokenizer, text_encoder, codec, lm, context_frames=frames).eval()
         mg.save_pretrained(out)
         say(proc, f"[lm] exported the model to {out} (Hugging Face MusicGen layout)")
         write_samples(mg, val_set, cfg, out / "samples")

@@ -238,12 +238,29 @@ def test_tiny_training_reduces_the_loss():
     codec = EncodecLite(EncodecConfig.preset("tiny"))
     clip = music_like(8000, 8000, batch=4, seed=7)
     logged = []
-    history = train_codec(codec, lambda step: clip, steps=40, lr=3e-3, log_every=10,
+    history = train_codec(codec, lambda step: clip, steps=40, lr=3e-3, log_every=10, warmup=10,
                           callback=lambda step, stats, trainer: logged.append(step))
     assert logged == [10, 20, 30, 40]
     losses = [h["loss"] for h in history]
-    assert losses[-1] < 0.95 * losses[0], losses
-    assert history[-1]["l1"] < 0.7 * history[0]["l1"], history
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert history[-1]["mel"] < 0.8 * history[0]["mel"], history
+    assert history[-1]["l1"] < 0.9 * history[0]["l1"], history
+
+
+def test_warmup_trains_an_autoencoder_then_kmeans_initialises_the_codebooks():
+    torch.manual_seed(0)
+    codec = EncodecLite(EncodecConfig.preset("tiny"))
+    clip = music_like(4000, 8000, batch=2, seed=3)
+    history = train_codec(codec, lambda step: clip, steps=4, lr=3e-3, log_every=1, warmup=2)
+    assert "ppl0" not in history[1] and history[1]["commit"] == 0  # RVQ off: no codes, no commitment
+    assert "ppl0" in history[2] and history[2]["commit"] > 0
+    assert all(bool(layer.codebook.inited) for layer in codec.quantizer.layers[: codec.num_codebooks])
+
+
+def test_weight_norm_gains_start_at_one():
+    codec = EncodecLite(EncodecConfig.preset("tiny"))
+    gains = [m.parametrizations.weight.original0 for m in codec.modules() if hasattr(m, "parametrizations")]
+    assert gains and all(torch.all(g == 1) for g in gains)
 
 
 def test_adversarial_step_runs():
