@@ -502,6 +502,17 @@ def _folder_captions(folder, files):
     return found
 
 
+def load_corpus(settings, sample_rate):
+    """The corpus a training run or an evaluation names: `settings.data` is "builtin", "synthetic" or a folder;
+    it also carries cache_dir, clip_seconds, clips_per_style and seed (train.TrainConfig and evaluate's args do)."""
+    s = settings
+    if s.data == "builtin":
+        return builtin_corpus(s.cache_dir, sample_rate, s.clip_seconds, s.clips_per_style, s.seed)
+    if s.data == "synthetic":
+        return synthetic_corpus(s.cache_dir, sample_rate, n=12, seconds=s.clip_seconds, seed=s.seed)
+    return folder_corpus(s.data, s.cache_dir, sample_rate)
+
+
 def folder_corpus(folder, cache_dir="cache", sample_rate=16000):
     """Your own music: every wav/flac/ogg/mp3 under `folder` with a caption from `<file>.txt` or from
     `metadata.jsonl` lines {"path": "relative/file.wav", "caption": "...", "style": "optional"}.

@@ -240,14 +240,6 @@ def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
 # Command line
 
 
-def load_corpus(args, sample_rate):
-    if args.data == "builtin":
-        return data.builtin_corpus(args.cache_dir, sample_rate, args.clip_seconds, args.clips_per_style, args.seed)
-    if args.data == "synthetic":
-        return data.synthetic_corpus(args.cache_dir, sample_rate, n=12, seconds=args.clip_seconds, seed=args.seed)
-    return data.folder_corpus(args.data, args.cache_dir, sample_rate)
-
-
 def print_codec(r):
     print(f"codec ({r['clips']} held-out clips)")
     print(f"  SI-SNR            {r['si_snr_db']:7.2f} dB")
@@ -291,14 +283,14 @@ def main(argv=None):
             from encodec_lite import EncodecLite
 
             codec = EncodecLite.from_pretrained(args.model)
-            clips = data.select(load_corpus(args, codec.sample_rate), "valid")
+            clips = data.select(data.load_corpus(args, codec.sample_rate), "valid")
             results["codec"] = evaluate_codec(codec, clips)
             print_codec(results["codec"])
         if args.what in ("lm", "all"):
             from musicgen import MusicGen
 
             mg = MusicGen.from_pretrained(args.model)
-            clips = load_corpus(args, mg.sample_rate)
+            clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
             if not args.no_generate:
                 r["prompt_following"] = prompt_following(mg, clips, args.per_style, args.seconds, args.seed)

@@ -443,7 +443,7 @@ def experiment_codebooks(args):
     from encodec_lite import EncodecLite
 
     codec = EncodecLite.from_pretrained(args.model).eval()  # an EnCodec directory or a whole MusicGen one
-    clips = data.select(evaluate.load_corpus(args, codec.sample_rate), "valid")[: args.clips]
+    clips = data.select(data.load_corpus(args, codec.sample_rate), "valid")[: args.clips]
     if not clips:
         raise ExerciseError("No held-out clips in that corpus.")
     wav = torch.cat([w for _, w in evaluate._clip_batches(clips, codec.sample_rate)])  # [B, 1, N]
@@ -510,11 +510,11 @@ def experiment_text_encoder(args):
         cfg = replace(base, t5=t5_dir, out_dir=str(Path(args.out_dir) / f"text-encoder-{'pretrained' if t5_dir else 'scratch'}"))
         train.run(cfg)
         mg = MusicGen.from_pretrained(cfg.out_dir)
-        clips = data.select(evaluate.load_corpus(corpus_args(cfg), mg.sample_rate), "valid")
+        clips = data.select(data.load_corpus(corpus_args(cfg), mg.sample_rate), "valid")
         ce = evaluate.validation_loss(mg, clips, cfg.segment_seconds)["val_ce"]
         row = [label, f"{sum(ce) / len(ce):.3f}"]
         if args.per_style:
-            judged = evaluate.prompt_following(mg, evaluate.load_corpus(corpus_args(cfg), mg.sample_rate),
+            judged = evaluate.prompt_following(mg, data.load_corpus(corpus_args(cfg), mg.sample_rate),
                                                args.per_style, cfg.segment_seconds, cfg.seed)
             row.append(f"{100 * judged['accuracy_generated']:.0f} % (chance {100 * judged['chance']:.0f} %)")
         rows.append(row)
@@ -525,7 +525,7 @@ def experiment_text_encoder(args):
 
 
 def corpus_args(cfg):
-    """evaluate.load_corpus reads these fields (the training corpus of `cfg`)."""
+    """data.load_corpus reads these fields (the training corpus of `cfg`)."""
     return argparse.Namespace(data=cfg.data, cache_dir=cfg.cache_dir, clip_seconds=cfg.clip_seconds,
                               clips_per_style=cfg.clips_per_style, seed=cfg.seed)
 

@@ -299,21 +299,13 @@ def codec_sample_rate(cfg):
     return config.get("audio_encoder", config)["sampling_rate"]  # a MusicGen dir or a codec dir
 
 
-def build_corpus(cfg, sample_rate):
-    if cfg.data == "builtin":
-        return data.builtin_corpus(cfg.cache_dir, sample_rate, cfg.clip_seconds, cfg.clips_per_style, cfg.seed)
-    if cfg.data == "synthetic":
-        return data.synthetic_corpus(cfg.cache_dir, sample_rate, n=12, seconds=cfg.clip_seconds, seed=cfg.seed)
-    return data.folder_corpus(cfg.data, cfg.cache_dir, sample_rate)
-
-
 def stage_data(cfg, proc):
     """Paper §3.2 (our substitute): a list of clips with captions; rendered / converted audio is cached."""
     sample_rate = codec_sample_rate(cfg)
     if proc.main:
-        build_corpus(cfg, sample_rate)  # the first process renders, the others then read the cache
+        data.load_corpus(cfg, sample_rate)  # the first process renders, the others then read the cache
     proc.barrier()
-    clips = build_corpus(cfg, sample_rate)
+    clips = data.load_corpus(cfg, sample_rate)
     say(proc, f"[data] {data.summary(clips)}")
     if not data.select(clips, "train") or not data.select(clips, "valid"):
         raise TrainingError(f"The corpus needs clips in both splits; got {data.summary(clips)}. Add more clips.")
