@@ -38,3 +38,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def hf_greedy_generate():
+    """Greedy generation with guidance 3 by a transformers MusicGen model, T frames: returns (codes [B, K, T], audio).
+
+    transformers decodes the codes inside `generate`; we wrap its codec's decode to keep the codes it was given.
+    T + K - 1 new tokens give T frames with K = 4 (facts §2.2)."""
+    import torch
+
+    def run(hf, frames, **inputs):
+        captured = {}
+        decode = hf.audio_encoder.decode
+
+        def capture(codes, *args, **kwargs):
+            captured["codes"] = codes
+            return decode(codes, *args, **kwargs)
+
+        hf.audio_encoder.decode = capture
+        try:
+            with torch.no_grad():
+                audio = hf.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=frames + 3)
+        finally:
+            del hf.audio_encoder.decode
+        return captured["codes"][0], audio
+
+    return run

@@ -84,27 +84,15 @@ def test_logits_match_transformers(hf_melody, ours, melodies):
     torch.testing.assert_close(logits, ref[:, -S:].reshape(B, K, S, -1), atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_with_guidance_matches_transformers(hf_melody, ours, melodies):
+def test_greedy_generation_with_guidance_matches_transformers(hf_melody, ours, melodies, hf_greedy_generate):
     hf, _ = hf_melody
     T = 12
-    captured = {}
-    decode = hf.audio_encoder.decode
-
-    def capture(codes, *args, **kwargs):  # HF decodes inside generate; keep the codes it decodes
-        captured["codes"] = codes
-        return decode(codes, *args, **kwargs)
-
     ids, mask = ours.tokenizer(PROMPTS)
-    hf.audio_encoder.decode = capture
-    try:
-        with torch.no_grad():
-            hf.generate(input_ids=ids, attention_mask=mask, input_features=chroma.melody_chroma(melodies, SR),
-                        do_sample=False, guidance_scale=3.0, max_new_tokens=T + 3)
-    finally:
-        del hf.audio_encoder.decode
+    ref_codes, _ = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask,
+                                      input_features=chroma.melody_chroma(melodies, SR))
     codes = ours.generate_tokens(PROMPTS, T, cfg_coef=3.0, greedy=True, melody=melodies, melody_sample_rate=SR)
     assert codes.shape == (2, 4, T)
-    assert torch.equal(codes, captured["codes"][0])
+    assert torch.equal(codes, ref_codes)
 
 
 def test_no_melody_is_the_null_melody_as_in_transformers(hf_melody, ours):

@@ -114,25 +114,11 @@ def test_lm_logits_match_transformers(hf_small, ours_small):
     torch.testing.assert_close(ours, ref.view(B, K, S, -1), atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_and_audio_match_transformers(hf_small, ours_small):
+def test_greedy_generation_and_audio_match_transformers(hf_small, ours_small, hf_greedy_generate):
     hf, _ = hf_small
     T = 30
-    captured = {}
-    decode = hf.audio_encoder.decode
-
-    def capture(codes, *args, **kwargs):  # HF decodes inside generate; keep the codes it decodes
-        captured["codes"] = codes
-        return decode(codes, *args, **kwargs)
-
     ids, mask = ours_small.tokenizer(PROMPTS)
-    hf.audio_encoder.decode = capture
-    try:
-        with torch.no_grad():
-            ref_audio = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=3.0,
-                                    max_new_tokens=T + 3)  # T + K - 1 steps give T frames (facts §2.2)
-    finally:
-        del hf.audio_encoder.decode
-    ref_codes = captured["codes"][0]  # [B, K, T]
+    ref_codes, ref_audio = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask)  # [B, K, T], audio
     codes = ours_small.generate_tokens(PROMPTS, frames=T, cfg_coef=3.0, greedy=True)
     assert codes.shape == ref_codes.shape == (2, 4, T)
     assert torch.equal(codes, ref_codes)
