@@ -102,7 +102,8 @@ def assign_splits(keys, valid_fraction=VALID_FRACTION):
 
 
 def _save_manifest(folder, clips):
-    text = json.dumps([asdict(c) for c in clips], indent=1)
+    # Paths are stored relative to the folder, so the cache still works when a script runs from another directory.
+    text = json.dumps([dict(asdict(c), path=os.path.relpath(c.path, folder)) for c in clips], indent=1)
     atomic_write(Path(folder) / "clips.json", lambda tmp: Path(tmp).write_text(text))
 
 
@@ -110,7 +111,7 @@ def _load_manifest(folder):
     manifest = Path(folder) / "clips.json"
     if not manifest.exists():
         return None
-    clips = [Clip(**c) for c in json.loads(manifest.read_text())]
+    clips = [Clip(**dict(c, path=os.path.join(folder, c["path"]))) for c in json.loads(manifest.read_text())]
     return clips if all(os.path.exists(c.path) for c in clips) else None
 
 
@@ -276,8 +277,9 @@ def _pool_map(fn, items, workers):
         return [fn(x) for x in items]
     import multiprocessing as mp
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers) as pool:
+    # "spawn", not "fork": a process forked after torch has run a parallel op inherits a busy OpenMP thread pool that
+    # no longer exists, and hangs the first time it computes (building the corpus after loading a model did).
+    with mp.get_context("spawn").Pool(workers) as pool:
         return pool.map(fn, items, chunksize=1)
 
 

@@ -194,3 +194,20 @@ def test_augment_caption():
     assert all(not o.startswith(",") and ",," not in o for o in outs)
     assert data.augment_caption(caption, rng, drop_field=0.0, word_dropout=0.0) == caption
     assert data.augment_caption("one", rng, word_dropout=1.0) == "one"  # never empty
+
+
+def test_corpus_cache_is_found_from_another_directory(tmp_path, monkeypatch):
+    """The manifest stores paths relative to its folder: a relative cache dir keeps working after a cd."""
+    monkeypatch.chdir(tmp_path)
+    clips = data.synthetic_corpus("cache", SR, n=4, seconds=1.0, seed=0)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("the cached corpus was rendered again")
+
+    monkeypatch.setattr(data.synth, "render", no_render)
+    again = data.synthetic_corpus("../cache", SR, n=4, seconds=1.0, seed=0)
+    assert [c.id for c in again] == [c.id for c in clips]
+    for old, new in zip(clips, again):
+        assert (tmp_path / old.path).samefile(new.path)
