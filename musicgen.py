@@ -731,14 +731,19 @@ def lm_config_from_hf(config):
                             config.get("chroma_length", chroma_lib.CHROMA_LENGTH))
 
 
-def trained_frames(model_dir, num_codebooks):
-    """The generation window a checkpoint asks for: generation_config.json's max_length (T + K steps, 1500 for the
-    released models, i.e. their 30 s training crops), or None if the file does not say."""
+def generation_defaults(model_dir, num_codebooks):
+    """What a checkpoint's generation_config.json asks for: (window in frames, from max_length = T + K steps: 1500
+    for the released models, i.e. their 30 s training crops; top_k). None where the file does not say."""
     path = Path(model_dir) / "generation_config.json"
-    if not path.exists():
-        return None
-    max_length = json.loads(path.read_text()).get("max_length")
-    return max_length - num_codebooks if max_length else None
+    config = json.loads(path.read_text()) if path.exists() else {}
+    max_length = config.get("max_length")
+    return (max_length - num_codebooks if max_length else None), config.get("top_k")
+
+
+def default_top_k(card):
+    """Paper §3.1 samples among the 250 most likely of N = 2048 codes (12 %); a codec with a smaller codebook keeps
+    the same share (31 of 256): with top-k 250 of 256 nothing would be cut, and a small LM's unlikely tail is noise."""
+    return max(1, round(250 * card / 2048))
 
 
 class MusicGen(nn.Module):
@@ -746,12 +751,14 @@ class MusicGen(nn.Module):
 
     Build from parts (e.g. a fresh LM for training), or load with MusicGen.from_pretrained(dir_or_repo_id).
     `context_frames` is the longest stretch the LM was trained on, the default generation window (None: 30 s, as
-    released); save_pretrained stores it as generation_config.json's max_length."""
+    released); `top_k` the default sampling cut-off (None: default_top_k of the codebook size). save_pretrained
+    stores both in generation_config.json (max_length, top_k)."""
 
-    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None):
+    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None):
         super().__init__()
         self.tokenizer, self.text_encoder, self.codec, self.lm = tokenizer, text_encoder, codec, lm
         self.context_frames = context_frames
+        self.top_k = default_top_k(codec.codebook_size) if top_k is None else top_k
         if codec.num_codebooks != lm.config.num_codebooks or codec.codebook_size != lm.config.card:
             raise ValueError(
                 f"The codec has {codec.num_codebooks} codebooks of {codec.codebook_size}, the LM expects "
@@ -797,8 +804,8 @@ class MusicGen(nn.Module):
         codec.fold_weight_norm()  # inference form of the convolutions
         lm = uninitialised(LM, lm_config_from_hf(config))
         lm.load_hf_state_dict(tensors, source=f"{model_dir} (decoder)")
-        context = trained_frames(model_dir, lm.config.num_codebooks)
-        return cls(tokenizer, text_encoder, codec, lm, context).eval()
+        context, top_k = generation_defaults(model_dir, lm.config.num_codebooks)
+        return cls(tokenizer, text_encoder, codec, lm, context, top_k).eval()
 
     def hf_config(self):
         config = {
@@ -831,7 +838,7 @@ class MusicGen(nn.Module):
         special, K = self.lm.special, self.lm.config.num_codebooks
         save_config(
             {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
-             "do_sample": True, "guidance_scale": 3.0, "top_k": 250,
+             "do_sample": True, "guidance_scale": 3.0, "top_k": self.top_k,
              "max_length": self.context_frames + K if self.context_frames else 1500},
             model_dir / "generation_config.json",
         )
@@ -932,12 +939,12 @@ class MusicGen(nn.Module):
                              f"and positive; got {stride / self.frame_rate:.2f} s.")
         return frames, stride
 
-    def generate_tokens(self, prompts, frames, cfg_coef=3.0, top_k=250, top_p=0.0, temperature=1.0, seed=None,
+    def generate_tokens(self, prompts, frames, cfg_coef=3.0, top_k=None, top_p=0.0, temperature=1.0, seed=None,
                         greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
                         prompt_sample_rate=None, window=None, extend_stride=None):
         """Prompts -> codes [B, K, frames] (the fast cached loop), window after window when frames is longer than
         the window (the sliding-window diagram in section 4). With prompt_audio, the first T_p frames are the
-        prompt's own codes."""
+        prompt's own codes. top_k None: the model's default (self.top_k)."""
         self.check_frames(frames)
         condition, mask = self.encode_text(prompts)
         B = condition.shape[0]
@@ -950,7 +957,8 @@ class MusicGen(nn.Module):
                 f"and use a prompt shorter than the {window / self.frame_rate:.2f} s window."
             )
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p,
+                        greedy=greedy)
         start = 0  # first frame of the current window
         while codes is None or codes.shape[-1] < frames:
             end = min(start + window, frames)
@@ -962,7 +970,7 @@ class MusicGen(nn.Module):
         return codes
 
     @torch.inference_mode()
-    def generate(self, prompts, duration=10.0, cfg_coef=3.0, top_k=250, top_p=0.0, temperature=1.0, seed=None,
+    def generate(self, prompts, duration=10.0, cfg_coef=3.0, top_k=None, top_p=0.0, temperature=1.0, seed=None,
                  greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
                  prompt_sample_rate=None, window=None, extend_stride=None):
         """Prompts -> waveform [B, 1, duration * sample_rate] at self.sample_rate (32 kHz).

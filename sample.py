@@ -9,9 +9,10 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
     python sample.py --prompt "rock" --continue clip.wav --duration 12    # 12 s, starting with the clip
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
 
-Sampling follows the paper (§3.1): top-k 250, temperature 1, classifier-free guidance 3. Every WAV gets a .json
-beside it with all the settings (seed included: without --seed one is drawn and recorded, so any output can be
-made again on the same machine), and --plot draws its spectrogram and chromagram (needs matplotlib). Nothing is
+Sampling follows the paper (§3.1): top-k 250 (of 2048 codes; a model with a smaller codebook keeps the same
+share), temperature 1, classifier-free guidance 3. Every WAV gets a .json beside it with all the settings (seed
+included: without --seed one is drawn and recorded, so any output can be made again on the same machine), and
+--plot draws its spectrogram and chromagram (needs matplotlib). Nothing is
 downloaded: --model is a directory, or a hub id already in the Hugging Face cache.
 """
 
@@ -41,7 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--continue", dest="continue_from", help="audio file to continue (the output starts with it)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn at random and recorded)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient (1 = off)")
-    p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens (0 = all); default: the model's (250 for the released "
+                        "models, the same 12 %% share of a smaller codebook for ours)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass; > 0 replaces top-k")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--window", type=float, default=None, help="seconds per generation window (default: the "
@@ -139,7 +142,8 @@ def main(argv=None):
 
     generated = wav.shape[-1] / mg.sample_rate
     settings = {"model": str(args.model), "duration": generated, "seed": seed, "cfg": args.cfg,
-                "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
+                "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
+                "temperature": args.temperature,
                 "melody": args.melody, "continue": args.continue_from, "window": args.window,
                 "extend_stride": args.extend_stride, "batch_size": len(prompts), "device": args.device,
                 "sample_rate": mg.sample_rate, "seconds_taken": round(seconds, 3)}

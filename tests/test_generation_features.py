@@ -156,6 +156,17 @@ def test_seeds_make_sampling_repeatable(mg):
     assert not torch.equal(a, c)
 
 
+def test_top_k_default_scales_with_the_codebook_and_travels_with_the_checkpoint(spiece_path, tmp_path):
+    assert M.default_top_k(2048) == 250 and M.default_top_k(256) == 31  # the paper's 12 % share
+    mg = build(spiece_path, max_positions=64)
+    assert mg.top_k == M.default_top_k(64)  # the tiny codec has 64 codes
+    mg.top_k = 1  # only the most likely token: sampling = greedy decoding
+    assert torch.equal(mg.generate_tokens(["baroque"], 8, seed=3), mg.generate_tokens(["baroque"], 8, greedy=True))
+    mg.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text())["top_k"] == 1
+    assert M.MusicGen.from_pretrained(tmp_path).top_k == 1
+
+
 # ----------------------------------------------------------------------------- sample.py
 
 
