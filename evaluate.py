@@ -17,10 +17,12 @@ lm:
     validation CE     per-codebook cross-entropy (nats) on held-out clips, next to the unigram entropy of those
                       tokens (the loss of a model that ignores all context: the LM must go well below it)
     prompt following  a small style classifier (logistic regression on log-mel + chroma statistics) is trained on
-                      the *training* clips' real audio and checked on the held-out real clips (how good the judge
-                      is); then the LM generates from held-out captions of each style and the judge labels the
-                      results: accuracy vs chance (1 / number of styles; target ≥ 70 %). This is our stand-in for
-                      the paper's KL / CLAP "does the audio match the text" metrics.
+                      the *training* clips and checked on the held-out ones (how good the judge is); then the LM
+                      generates from held-out captions of each style and the judge labels the results: accuracy vs
+                      chance (1 / number of styles; target ≥ 70 %). Two judges: one trained on real audio, one on
+                      codec reconstructions of it (generated audio comes out of the same decoder; see
+                      prompt_following). This is our stand-in for the paper's KL / CLAP "does the audio match the
+                      text" metrics.
 
 The corpus options must match the ones the model was trained with (train.py's defaults are the defaults here).
 """
@@ -180,6 +182,8 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
     """Per-codebook cross-entropy (nats) of the LM on non-overlapping windows of the held-out clips, with their
     captions, next to the unigram entropy of the same tokens."""
     frames = max(int(segment_seconds * mg.frame_rate), mg.lm.config.num_codebooks)
+    if mg.context_frames:  # no longer than the LM's training windows: positions beyond them were never trained
+        frames = min(frames, mg.context_frames)
     windows, captions = [], []
     for clip in clips:
         codes = mg.codec.encode(data.clip_audio(clip, mg.sample_rate)[None]).cpu()[0]  # [K, T]
@@ -200,8 +204,15 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
 
 @torch.no_grad()
 def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
-    """Train the style judge on real training audio, check it on real held-out audio, then let it label clips
-    generated from held-out captions of each style."""
+    """Does the generated music have the prompted style? Generate from held-out captions of each style and let two
+    judges label the results:
+
+    * the real-audio judge, trained on the training clips' real audio (checked on the held-out real clips). Generated
+      audio also went through the codec's decoder, so we report how this judge does on codec reconstructions of
+      the held-out real clips too: that is the ceiling a given codec sets, whatever the LM does;
+    * the codec judge, trained on codec reconstructions of the training clips (encode → decode). It hears the same
+      codec artefacts as the generated clips, so what it measures is whether the LM picks the tokens of the prompted
+      style — the paper's KL/CLAP question — separately from the codec's fidelity (the codec metrics above)."""
     sr = mg.sample_rate
     train, valid = data.select(clips, "train"), data.select(clips, "valid")
     styles = sorted({c.style for c in clips if c.style})
@@ -209,17 +220,20 @@ def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
         raise ValueError("Prompt following needs clips with at least 2 style labels (the built-in corpus has 5).")
     n = int(seconds * sr)
 
-    def crops(clip_list):  # every whole `seconds`-long crop of each clip (as long as the generated clips)
+    def crops(clip_list, through_codec=False):  # every whole `seconds`-long crop of each clip (as long as generated)
         x, y = [], []
         for batch, wav in _clip_batches(clip_list, sr):
+            if through_codec:
+                wav = mg.codec.decode(mg.codec.encode(wav)).cpu()[..., : wav.shape[-1]]
             for start in range(0, wav.shape[-1] - n + 1, n):
                 x.append(features(wav[:, 0, start : start + n], sr))
                 y += [c.style for c in batch]
         return torch.cat(x), y
 
-    judge = StyleClassifier(styles).fit(*crops(train))
-    x, y = crops(valid)
-    real_acc = accuracy(judge.predict(x), y)
+    real_judge = StyleClassifier(styles).fit(*crops(train))
+    codec_judge = StyleClassifier(styles).fit(*crops(train, through_codec=True))
+    x_real, y_valid = crops(valid)
+    x_codec, _ = crops(valid, through_codec=True)
     prompts, truth = [], []
     for style in styles:
         pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]
@@ -230,9 +244,14 @@ def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
     for i in range(0, len(prompts), batch):
         wav = mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()
         generated.append(features(wav[:, 0, :n], sr))
-    predicted = judge.predict(torch.cat(generated))
-    return {"styles": styles, "judge_accuracy_real": real_acc, "accuracy_generated": accuracy(predicted, truth),
-            "chance": 1 / len(styles), "generated": len(prompts),
+    generated = torch.cat(generated)
+    predicted = codec_judge.predict(generated)
+    return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
+            "judge_accuracy_real": accuracy(real_judge.predict(x_real), y_valid),
+            "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), y_valid),
+            "accuracy_generated_real_judge": accuracy(real_judge.predict(generated), truth),
+            "codec_judge_accuracy": accuracy(codec_judge.predict(x_codec), y_valid),
+            "accuracy_generated": accuracy(predicted, truth),
             "confusions": [[p, t, q] for p, t, q in zip(prompts, truth, predicted) if t != q]}
 
 
@@ -254,9 +273,13 @@ def print_lm(r):
     print("  unigram entropy of those tokens    " + " ".join(f"{x:6.3f}" for x in ce["unigram_entropy"]))
     if "prompt_following" in r:
         p = r["prompt_following"]
-        print(f"  style judge on real held-out clips {100 * p['judge_accuracy_real']:6.1f} %   ({len(p['styles'])} styles)")
-        print(f"  style of generated clips           {100 * p['accuracy_generated']:6.1f} %   "
-              f"(chance {100 * p['chance']:.1f} %, target >= 70 %, {p['generated']} clips)")
+        pct = lambda key: f"{100 * p[key]:6.1f} %"  # noqa: E731
+        print(f"  prompt following: {len(p['styles'])} styles, chance {100 * p['chance']:.1f} %, "
+              f"{p['generated']} generated clips, target >= 70 %")
+        print(f"    real-audio judge:  held-out real clips {pct('judge_accuracy_real')}, their codec reconstructions "
+              f"{pct('judge_accuracy_codec_ceiling')}, generated clips {pct('accuracy_generated_real_judge')}")
+        print(f"    codec judge:       held-out reconstructions {pct('codec_judge_accuracy')}, "
+              f"generated clips {pct('accuracy_generated')}")
 
 
 def main(argv=None):
@@ -268,8 +291,9 @@ def main(argv=None):
     parser.add_argument("--clip-seconds", type=float, default=10.0)
     parser.add_argument("--clips-per-style", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--segment-seconds", type=float, default=5.0, help="LM validation window length")
-    parser.add_argument("--per-style", type=int, default=4, help="generated clips per style")
+    parser.add_argument("--segment-seconds", type=float, default=5.0,
+                        help="LM validation window length (at most the model's training window)")
+    parser.add_argument("--per-style", type=int, default=8, help="generated clips per style")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
     parser.add_argument("--json", help="also write the results to this file")
