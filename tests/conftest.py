@@ -65,3 +65,23 @@ def hf_greedy_generate():
         return captured["codes"][0], audio
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_musicgen(spiece_path):
+    """Builder of a tiny random MusicGen of our own: the real T5 vocabulary, a 1-layer T5 of width 32 (not the LM's
+    64, so the condition projection is exercised), the `tiny` codec (8 kHz, 4 codebooks of 64) and an LM preset
+    (`tiny` or `tiny-melody`, keyword overrides allowed). Same seed, same weights."""
+    import torch
+
+    import musicgen as M
+    from encodec_lite import EncodecConfig, EncodecLite
+    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+
+    def build(preset="tiny", **lm):
+        torch.manual_seed(0)
+        t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
+        parts = T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny"))
+        return M.MusicGen(*parts, M.LM(M.lm_config(preset, text_dim=t5.d_model, **lm))).eval()
+
+    return build

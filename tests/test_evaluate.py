@@ -67,18 +67,10 @@ def test_style_classifier_on_synthetic_styles(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, spiece_path):
+def tiny_dir(tmp_path_factory, tiny_musicgen):
     """A tiny random MusicGen (8 kHz codec) saved in the Hugging Face layout."""
-    import musicgen as M
-    from encodec_lite import EncodecConfig, EncodecLite
-    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
-
-    torch.manual_seed(0)
-    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
-    lm = M.LM(M.lm_config("tiny", text_dim=t5.d_model))
-    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")), lm)
     model_dir = tmp_path_factory.mktemp("tiny")
-    mg.save_pretrained(model_dir)
+    tiny_musicgen().save_pretrained(model_dir)
     return model_dir
 
 

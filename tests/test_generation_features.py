@@ -11,25 +11,15 @@ import torch
 import chroma
 import musicgen as M
 
-T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
 PROMPTS = ["80s pop track with bassy drums and synth", "baroque", "lofi hip hop beat"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(spiece_path, preset="tiny", **lm):
-    from encodec_lite import EncodecConfig, EncodecLite
-    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
-
-    torch.manual_seed(0)
-    parts = T5Tokenizer(spiece_path), T5Encoder(T5Config(**T5_TINY)), EncodecLite(EncodecConfig.preset("tiny"))
-    return M.MusicGen(*parts, M.LM(M.lm_config(preset, text_dim=32, **lm))).eval()
-
-
 @pytest.fixture(scope="module")
-def mg(spiece_path):
-    return build(spiece_path, max_positions=64)
+def mg(tiny_musicgen):
+    return tiny_musicgen(max_positions=64)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +97,8 @@ def test_long_generation_slides_a_window_without_seams(mg, monkeypatch):
         assert 0.3 * rms < around < 3 * rms
 
 
-def test_long_generation_with_a_melody_reslices_it(spiece_path, monkeypatch):
-    mg = build(spiece_path, "tiny-melody", max_positions=96)  # window: 96 - 4 - 16 chroma - L text frames
+def test_long_generation_with_a_melody_reslices_it(tiny_musicgen, monkeypatch):
+    mg = tiny_musicgen("tiny-melody", max_positions=96)  # window: 96 - 4 - 16 chroma - L text frames
     calls = record_windows(monkeypatch)
     t = torch.arange(2 * 32000) / 32000
     melody = torch.cat([torch.sin(2 * torch.pi * f * t[:16000]) for f in (262, 330, 392, 523)])  # C E G C, 2 s
@@ -156,9 +146,9 @@ def test_seeds_make_sampling_repeatable(mg):
     assert not torch.equal(a, c)
 
 
-def test_top_k_default_scales_with_the_codebook_and_travels_with_the_checkpoint(spiece_path, tmp_path):
+def test_top_k_default_scales_with_the_codebook_and_travels_with_the_checkpoint(tiny_musicgen, tmp_path):
     assert M.default_top_k(2048) == 250 and M.default_top_k(256) == 31  # the paper's 12 % share
-    mg = build(spiece_path, max_positions=64)
+    mg = tiny_musicgen(max_positions=64)
     assert mg.top_k == M.default_top_k(64)  # the tiny codec has 64 codes
     mg.top_k = 1  # only the most likely token: sampling = greedy decoding
     assert torch.equal(mg.generate_tokens(["baroque"], 8, seed=3), mg.generate_tokens(["baroque"], 8, greedy=True))

@@ -112,17 +112,10 @@ def test_no_melody_is_the_null_melody_as_in_transformers(hf_melody, ours):
 
 
 @pytest.fixture(scope="module")
-def tiny_melody(tmp_path_factory, spiece_path):
+def tiny_melody(tmp_path_factory, tiny_musicgen):
     """A tiny melody MusicGen of our own, saved in the HF layout and loaded back."""
-    from encodec_lite import EncodecConfig, EncodecLite
-    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
-
-    torch.manual_seed(0)
-    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
-    lm = M.LM(M.lm_config("tiny-melody", text_dim=32))
-    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")), lm)
     model_dir = tmp_path_factory.mktemp("tiny-melody")
-    mg.save_pretrained(model_dir)
+    tiny_musicgen("tiny-melody").save_pretrained(model_dir)
     return model_dir
 
 
@@ -196,12 +189,7 @@ def test_stereo_44k_melody_is_prepared_with_a_notice(tiny_mg, capsys):
     assert "downmixed" in err and "resampled" in err
 
 
-def test_text_models_refuse_a_melody(spiece_path):
-    from encodec_lite import EncodecConfig, EncodecLite
-    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
-
-    t5 = T5Config(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)
-    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(t5), EncodecLite(EncodecConfig.preset("tiny")),
-                    M.LM(M.lm_config("tiny", text_dim=32))).eval()
+def test_text_models_refuse_a_melody(tiny_musicgen):
+    mg = tiny_musicgen("tiny")
     with pytest.raises(ValueError, match="no melody conditioning"):
         mg.generate_tokens("rock", 4, melody=torch.zeros(SR), melody_sample_rate=SR)

@@ -13,7 +13,6 @@ import torch
 import musicgen as M
 from checkpoints import CheckpointError
 
-T5_TINY = dict(vocab_size=32128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1)  # width 32 != LM's 64
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -65,16 +64,10 @@ def ours_small(hf_small):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, spiece_path):
+def tiny_dir(tmp_path_factory, tiny_musicgen):
     """A tiny MusicGen of our own (T5, EnCodec and LM), saved in the Hugging Face layout."""
-    from encodec_lite import EncodecConfig, EncodecLite
-    from t5_encoder import T5Config, T5Encoder, T5Tokenizer
-
-    torch.manual_seed(0)
-    lm = M.LM(M.lm_config("tiny", text_dim=T5_TINY["d_model"]))
-    mg = M.MusicGen(T5Tokenizer(spiece_path), T5Encoder(T5Config(**T5_TINY)), EncodecLite(EncodecConfig.preset("tiny")), lm)
     model_dir = tmp_path_factory.mktemp("tiny")
-    mg.save_pretrained(model_dir)
+    tiny_musicgen().save_pretrained(model_dir)
     return model_dir
 
 
