@@ -174,8 +174,9 @@ def fast_path(x):
     """Inference on CPU: the convolutions below then use the matrix-product forms (conv1d_by_taps,
     conv_transpose1d_by_phases). Same sums as F.conv1d / F.conv_transpose1d in another order (outputs agree to
     float rounding, tests/test_encodec.py), but on a long signal with few channels the CPU library convolution spends
-    most of its time converting memory layouts, while one matrix product per kernel tap streams through the signal:
-    ~2x faster on EnCodec's full-rate layers. Training (autograd) and GPUs keep the library convolutions."""
+    most of its time converting memory layouts into fresh temporary buffers, while one matrix product per kernel tap
+    streams through the signal: ~2x faster on EnCodec's full-rate layers. Training (autograd) and GPUs keep the
+    library convolutions."""
     return x.device.type == "cpu" and not torch.is_grad_enabled()
 
 

@@ -203,7 +203,7 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
 
 
 @torch.no_grad()
-def prompt_following(mg, clips, per_style=4, seconds=5.0, seed=0, batch=10):
+def prompt_following(mg, clips, per_style=8, seconds=5.0, seed=0, batch=10):
     """Does the generated music have the prompted style? Generate from held-out captions of each style and let two
     judges label the results:
 
