@@ -628,8 +628,11 @@ def _fingerprint(codec, clips):
 
 
 @torch.no_grad()
-def tokenize(codec, clips, path, batch=8):
-    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed)."""
+def tokenize(codec, clips, path, batch=2):
+    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed).
+
+    Two clips at a time: on a CPU the full-rate layers of 8 x 10 s clips make 80 MB temporaries that no cache
+    holds, and encoding them takes twice as long as two clips at a time (same codes)."""
     key = _fingerprint(codec, clips)
     path = Path(path)
     if path.exists():
