@@ -252,7 +252,13 @@ def prompt_following(mg, clips, per_style=8, seconds=5.0, seed=0, batch=10):
             "accuracy_generated_real_judge": accuracy(real_judge.predict(generated), truth),
             "codec_judge_accuracy": accuracy(codec_judge.predict(x_codec), y_valid),
             "accuracy_generated": accuracy(predicted, truth),
+            "confusion": confusion_matrix(truth, predicted, styles),
             "confusions": [[p, t, q] for p, t, q in zip(prompts, truth, predicted) if t != q]}
+
+
+def confusion_matrix(truth, predicted, styles):
+    """Counts [prompted style][judged style]: which styles the LM gets and what it makes instead of the others."""
+    return [[sum(t == a and p == b for t, p in zip(truth, predicted)) for b in styles] for a in styles]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,6 +286,10 @@ def print_lm(r):
               f"{pct('judge_accuracy_codec_ceiling')}, generated clips {pct('accuracy_generated_real_judge')}")
         print(f"    codec judge:       held-out reconstructions {pct('codec_judge_accuracy')}, "
               f"generated clips {pct('accuracy_generated')}")
+        print("    generated clips by prompted style (rows) and codec judge's label (columns):")
+        print(" " * 32 + " ".join(f"{s[:5]:>5}" for s in p["styles"]))
+        for style, row in zip(p["styles"], p["confusion"]):
+            print(f"      {style:<26}" + " ".join(f"{n:5d}" for n in row))
 
 
 def main(argv=None):

@@ -88,7 +88,7 @@ class TrainConfig:
     clips_per_style: int = opt(60, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
-    codec_steps: int = opt(1650, "codec training steps (more steps: more of the notes survive the codec)")
+    codec_steps: int = opt(1600, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
     codec_lr: float = opt(1e-3, "codec Adam peak learning rate, cosine down to a tenth (2e-3 diverged)")

@@ -93,6 +93,16 @@ def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
     for key in ("judge_accuracy_real", "judge_accuracy_codec_ceiling", "accuracy_generated_real_judge",
                 "codec_judge_accuracy", "accuracy_generated"):
         assert 0 <= p[key] <= 1
+    # the confusion matrix: one row per prompted style, one clip each here; its diagonal is the accuracy
+    m = p["confusion"]
+    assert [sum(row) for row in m] == [1, 1, 1]
+    assert sum(m[i][i] for i in range(3)) / 3 == pytest.approx(p["accuracy_generated"])
+    assert "by prompted style (rows)" in printed
+
+
+def test_confusion_matrix():
+    styles = ["a", "b", "c"]
+    assert E.confusion_matrix(["a", "a", "b", "c"], ["a", "b", "b", "a"], styles) == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
 
 
 def test_cli_clear_error(tmp_path):
