@@ -627,12 +627,14 @@ def _fingerprint(codec, clips):
     return h.hexdigest()
 
 
-@torch.no_grad()
-def tokenize(codec, clips, path, batch=2):
-    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed).
+# Whole clips go through the codec two at a time: on a CPU the full-rate layers of 8 x 10 s clips make 80 MB
+# temporaries that no cache holds, and encoding them takes twice as long as two clips at a time (same codes).
+CODEC_CLIPS = 2
 
-    Two clips at a time: on a CPU the full-rate layers of 8 x 10 s clips make 80 MB temporaries that no cache
-    holds, and encoding them takes twice as long as two clips at a time (same codes)."""
+
+@torch.no_grad()
+def tokenize(codec, clips, path, batch=CODEC_CLIPS):
+    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed)."""
     key = _fingerprint(codec, clips)
     path = Path(path)
     if path.exists():

@@ -144,7 +144,7 @@ def accuracy(predicted, truth):
 # Evaluations
 
 
-def _clip_batches(clips, sample_rate, batch=8):
+def _clip_batches(clips, sample_rate, batch=data.CODEC_CLIPS):
     """Held-out clips as equal-length waveform batches [b, 1, N] (the corpus clips share one length)."""
     waves = [data.clip_audio(c, sample_rate) for c in clips]
     n = min(w.shape[-1] for w in waves)

@@ -14,7 +14,6 @@ import musicgen as M
 from checkpoints import CheckpointError
 
 
-
 # ----------------------------------------------------------------------------- fixtures
 
 
