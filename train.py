@@ -751,6 +751,10 @@ def main(argv=None):
     cfg, stage = parse_args(argv)
     try:
         run(cfg, stage)
+        if dist.is_initialized():
+            # Leave together: rank 0 still exports the model and writes samples after the last step, and a gloo
+            # process that tears its group down while a peer is still connected can abort (SIGABRT) at exit.
+            dist.barrier()
     except KeyboardInterrupt:
         print(f"\nInterrupted; rerun the same command to resume from the checkpoint in {cfg.out_dir}.",
               file=sys.stderr)
