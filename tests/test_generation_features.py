@@ -157,6 +157,18 @@ def test_top_k_default_scales_with_the_codebook_and_travels_with_the_checkpoint(
     assert M.MusicGen.from_pretrained(tmp_path).top_k == 1
 
 
+def test_guidance_default_is_used_and_travels_with_the_checkpoint(tiny_musicgen, tmp_path):
+    mg = tiny_musicgen(max_positions=64)
+    assert mg.guidance == 3.0  # the paper's, when nothing says otherwise
+    mg.guidance = 6.0
+    by_default = mg.generate_tokens(["baroque"], 8, greedy=True)
+    assert torch.equal(by_default, mg.generate_tokens(["baroque"], 8, cfg_coef=6.0, greedy=True))
+    assert not torch.equal(by_default, mg.generate_tokens(["baroque"], 8, cfg_coef=1.0, greedy=True))
+    mg.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text())["guidance_scale"] == 6.0
+    assert M.MusicGen.from_pretrained(tmp_path).guidance == 6.0
+
+
 # ----------------------------------------------------------------------------- sample.py
 
 
