@@ -675,12 +675,14 @@ class CodecLoss(nn.Module):
     EnCodec compares mel spectrograms at windows 2^5 .. 2^11 with L1 + L2 distances of the magnitudes, which weigh
     the loud parts. We keep the L1 term and add a log-mel term (as HiFi-GAN and DAC do), which weighs quiet partials,
     the ones that carry the harmony, like loud ones. The log is floored at -60 dB: below that nothing is audible,
-    and without a floor the loss would be spent on pushing empty bands towards -100 dB. Windows 2^6 .. 2^11,
-    n_fft / 8 mel bands each (8 .. 256): the long windows get enough bands to tell neighbouring semitones apart
-    (at 16 kHz the 2048 window's 256 bands are ~9 Hz wide around 200 Hz, a semitone there is 12 Hz). With a fixed 64
-    bands (~35 Hz there) a note one semitone off costs the loss almost nothing, yet it is all chroma sees."""
+    and without a floor the loss would be spent on pushing empty bands towards -100 dB. Windows 2^6 .. 2^12,
+    n_fft / 8 mel bands each (8 .. 512): the long windows get enough bands to tell neighbouring semitones apart
+    (at 16 kHz the 2048 window's 256 bands are ~9 Hz wide around 200 Hz, a semitone there is 12 Hz; the 4096
+    window's bins are 3.9 Hz apart, enough for the bass lines of chorales and quartets, where a semitone at a low E
+    is 5 Hz). With a fixed 64 bands (~35 Hz around 200 Hz) a note one semitone off costs the loss almost nothing,
+    yet it is all chroma sees."""
 
-    def __init__(self, sample_rate, scales=range(6, 12), time_weight=0.1, floor=1e-3):
+    def __init__(self, sample_rate, scales=range(6, 13), time_weight=0.1, floor=1e-3):
         super().__init__()
         self.time_weight, self.floor = time_weight, floor
         self.mels = nn.ModuleList(MelSpectrogram(sample_rate, 2 ** i, 2 ** i // 8) for i in scales)
