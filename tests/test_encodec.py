@@ -275,7 +275,8 @@ def test_tiny_training_reduces_the_loss():
     assert losses[-1] < 0.8 * losses[0], losses
     assert history[-1]["mel"] < 0.8 * history[0]["mel"], history
     # The waveform L1 (a 0.1-weight term) swings by ~30 % from one step to the next as the decoder's phase drifts
-    # (logged 0.154, 0.157, 0.115, 0.155 here): a single last snapshot says little, so ask that it went down at all.
+    # (logged 0.154, 0.157, 0.115, 0.155 here): a single last snapshot says little, so ask that some logged step
+    # is 10 % under the first.
     assert min(h["l1"] for h in history[1:]) < 0.9 * history[0]["l1"], history
 
 
