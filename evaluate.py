@@ -13,6 +13,8 @@ codec (held-out clips → encode → decode; paper §2.1):
     mel distance      mean absolute difference of log-mel spectrograms, dB (lower is better)
     chroma agreement  share of chroma frames whose dominant pitch class is the same before and after the codec:
                       does the music keep its notes? (chroma.py's chromagram, ~0.5 s window; target ≥ 80 %)
+    code changes      per codebook, the share of frames whose code differs from the previous frame's: how steady
+                      the tokens the LM must predict are (a held chord coded by ever-changing codes is hard to learn)
 lm:
     validation CE     per-codebook cross-entropy (nats) on held-out clips, next to the unigram entropy of those
                       tokens (the loss of a model that ignores all context: the LM must go well below it)
@@ -157,14 +159,23 @@ def evaluate_codec(codec, clips):
     """SI-SNR, mel distance and chroma agreement of codec reconstructions, averaged over `clips`."""
     sr = codec.sample_rate
     scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}
+    changes = []
     for _, wav in _clip_batches(clips, sr):
-        rec = codec.decode(codec.encode(wav)).cpu()
+        codes = codec.encode(wav)
+        rec = codec.decode(codes).cpu()
         scores["si_snr_db"] += si_snr(wav, rec).tolist()
         scores["mel_distance_db"] += mel_distance(wav, rec, sr).tolist()
         scores["chroma_agreement"] += chroma_agreement(wav, rec, sr).tolist()
+        changes.append(code_changes(codes.cpu()) * len(wav))
     out = {k: sum(v) / len(v) for k, v in scores.items()}
+    out["code_changes"] = (sum(changes) / len(clips)).tolist()
     out["clips"] = len(clips)
     return out
+
+
+def code_changes(codes):
+    """codes [B, K, T] → per codebook [K], the share of frames whose code differs from the frame before."""
+    return (codes[..., 1:] != codes[..., :-1]).float().mean(dim=(0, 2))
 
 
 def unigram_entropy(codes):
@@ -270,6 +281,8 @@ def print_codec(r):
     print(f"  SI-SNR            {r['si_snr_db']:7.2f} dB")
     print(f"  mel distance      {r['mel_distance_db']:7.2f} dB")
     print(f"  chroma agreement  {100 * r['chroma_agreement']:7.1f} %   (target >= 80 %)")
+    print("  code changes      " + " ".join(f"{100 * x:3.0f} %" for x in r["code_changes"])
+          + "   (per codebook: frames whose code differs from the previous one)")
 
 
 def print_lm(r):

@@ -54,6 +54,11 @@ def test_chroma_agreement(music):
     assert E.chroma_fft(32000) == 2**14 and E.chroma_fft(16000) == 2**13
 
 
+def test_code_changes():
+    codes = torch.tensor([[[1, 1, 1, 1, 1], [1, 2, 1, 2, 1]], [[3, 3, 4, 4, 4], [5, 6, 7, 8, 9]]])  # [B=2, K=2, T=5]
+    assert torch.equal(E.code_changes(codes), torch.tensor([1 / 8, 1.0]))  # codebook 1: one change in 8 steps
+
+
 def test_style_classifier_on_synthetic_styles(tmp_path):
     clips = data.synthetic_corpus(tmp_path, SR, n=24, seconds=2.0, seed=1)
     wav = torch.stack([data.clip_audio(c, SR) for c in clips])[:, 0]
@@ -84,6 +89,7 @@ def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
     r = json.loads(out.read_text())
     codec = r["codec"]
     assert codec["clips"] == 3 and 0 <= codec["chroma_agreement"] <= 1 and math.isfinite(codec["si_snr_db"])
+    assert len(codec["code_changes"]) == 4 and all(0 <= x <= 1 for x in codec["code_changes"])
     lm = r["lm"]
     assert len(lm["validation"]["val_ce"]) == 4 and all(math.isfinite(x) for x in lm["validation"]["val_ce"])
     # A random LM over 64 codes is about uniform: its cross-entropy is near log(64).
