@@ -38,7 +38,6 @@ API used by train.py and evaluate.py:
 
 import hashlib
 import json
-import math
 import os
 import re
 import zlib
@@ -53,8 +52,7 @@ import synth
 from checkpoints import atomic_torch_save, atomic_write
 
 VALID_FRACTION = 0.1  # share of pieces / files held out for validation and evaluation
-CORPUS_VERSION = 4  # bump when rendering changes, so old caches are not reused
-WINDOWS_PER_PIECE = 2  # built-in corpus: clips cut from each parsed score
+CORPUS_VERSION = 3  # bump when rendering changes, so old caches are not reused
 
 
 @dataclass
@@ -396,9 +394,7 @@ def builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clip
                  f"from music21's scores (cached in {folder})")
     clips, jobs = [], []
     for style_name, style in STYLES.items():
-        # Two consecutive windows of each piece: parsing a score is the slow part, rendering is cheap, and the
-        # second window is new music (other notes, and its own tempo, key and instrument below).
-        pieces = _parsed_pieces(cache_dir, style_name, math.ceil(clips_per_style / WINDOWS_PER_PIECE), seed, workers)
+        pieces = _parsed_pieces(cache_dir, style_name, clips_per_style, seed, workers)
         splits = assign_splits([p["id"] for p in pieces])
         for j in range(clips_per_style):
             piece, window = pieces[j % len(pieces)], j // len(pieces)  # few pieces (quartets): several windows each

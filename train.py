@@ -85,7 +85,7 @@ class TrainConfig:
     # data (Paper §3.2: 20k hours of licensed music; ours: rendered scores)
     data: str = opt("builtin", "builtin (music21 scores), synthetic (tests) or a folder of audio files + captions")
     clip_seconds: float = opt(10.0, "length of each built-in / synthetic clip")
-    clips_per_style: int = opt(120, "built-in corpus size: clips per style (5 styles; two from each score)")
+    clips_per_style: int = opt(60, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
     codec_steps: int = opt(1600, "codec training steps (more steps: more of the notes survive the codec)")

@@ -88,14 +88,11 @@ def test_splits_are_deterministic_and_order_free():
 
 
 def test_builtin_corpus_renders_real_scores(tmp_path, monkeypatch):
-    """Two styles, two clips each, from music21's bundled scores: captions say what the metadata says."""
+    """Two styles, one clip each, from music21's bundled scores: captions say what the metadata says."""
     pytest.importorskip("music21")
     monkeypatch.setattr(data, "STYLES", {k: data.STYLES[k] for k in ("baroque chorale", "folk song")})
-    clips = data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=2, seed=0, workers=1)
-    bach, bach_next, folk, _ = clips
-    # Two windows of each parsed score: the same piece (so the same split), further on, rendered with its own choices
-    assert bach_next.id.split("@")[0] == bach.id.split("@")[0] and bach_next.split == bach.split
-    assert bach_next.meta["start_quarter"] > bach.meta["start_quarter"]
+    clips = data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=1, seed=0, workers=1)
+    bach, folk = clips
     assert bach.style == "baroque chorale" and "baroque" in bach.caption and "J.S. Bach" in bach.caption
     assert folk.style == "folk song" and folk.meta["region"] in folk.caption
     for c in clips:
@@ -104,7 +101,7 @@ def test_builtin_corpus_renders_real_scores(tmp_path, monkeypatch):
         wav, sr = sf.read(c.path)
         assert sr == SR and len(wav) == 2 * SR and np.abs(wav).max() > 0.1
     assert json.loads((tmp_path / "music21" / "baroque_chorale.json").read_text())  # parsed scores are cached
-    assert data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=2, seed=0, workers=1) == clips
+    assert data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=1, seed=0, workers=1) == clips
 
 
 def write_folder(folder):
