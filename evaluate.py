@@ -156,7 +156,8 @@ def _clip_batches(clips, sample_rate, batch=data.CODEC_CLIPS):
 
 @torch.no_grad()
 def evaluate_codec(codec, clips):
-    """SI-SNR, mel distance and chroma agreement of codec reconstructions, averaged over `clips`."""
+    """SI-SNR, mel distance and chroma agreement of codec reconstructions, and code changes per codebook, averaged
+    over `clips`."""
     sr = codec.sample_rate
     scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}
     changes = []
