@@ -25,10 +25,10 @@ the data position of a checkpoint is just the step number.
 
 API used by train.py and evaluate.py:
     Clip(id, path, caption, style, split, meta)
-    builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=60, seed=0, workers=2)
+    builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=120, seed=0, workers=2)
     folder_corpus(folder, cache_dir="cache", sample_rate=16000)
     synthetic_corpus(cache_dir="cache", sample_rate=16000, n=12, seconds=3.0, seed=0)
-    select(clips, split) -> list[Clip];  summary(clips) -> str
+    select(clips, split) -> list[Clip];  first_per_style(clips, n) -> list[Clip];  summary(clips) -> str
     clip_audio(clip, sample_rate) -> [1, N]
     audio_batch(clips, step, batch, samples, sample_rate, seed=0) -> wav [B, 1, samples]
     tokenize(codec, clips, path) -> TokenSet(codes list of [K, T_i], captions, ids, styles, splits, frame_rate)
@@ -52,6 +52,7 @@ import synth
 from checkpoints import atomic_torch_save, atomic_write
 
 VALID_FRACTION = 0.1  # share of pieces / files held out for validation and evaluation
+CLIPS_PER_STYLE = 120  # default size of the built-in corpus (train.py's small config, evaluate.py, exercises.py)
 CORPUS_VERSION = 3  # bump when rendering changes, so old caches are not reused
 
 
@@ -67,6 +68,17 @@ class Clip:
 
 def select(clips, split):
     return [c for c in clips if c.split == split]
+
+
+def first_per_style(clips, n):
+    """The first `n` clips of each style, in corpus order (n = 0: all of them). The built-in corpus draws its clips
+    in a fixed order, so the first 60 of a 120-per-style corpus are exactly the clips of a 60-per-style one."""
+    kept, count = [], {}
+    for c in clips:
+        count[c.style] = count.get(c.style, 0) + 1
+        if not n or count[c.style] <= n:
+            kept.append(c)
+    return kept
 
 
 def summary(clips):
@@ -373,8 +385,8 @@ def _render_job(job):
     _write_wav(path, synth.render(notes, sample_rate, instrument, seconds=seconds, seed=seed), sample_rate)
 
 
-def builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=60, seed=0,
-                   workers=2):
+def builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=CLIPS_PER_STYLE,
+                   seed=0, workers=2):
     """Render `clips_per_style` clips of `clip_seconds` for each of the STYLES from music21's bundled scores.
 
     Parsed scores are cached in cache/music21/, rendered WAVs in cache/builtin-.../ (both never committed); a second

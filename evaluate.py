@@ -313,7 +313,7 @@ def main(argv=None):
     parser.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument("--clip-seconds", type=float, default=10.0)
-    parser.add_argument("--clips-per-style", type=int, default=60)
+    parser.add_argument("--clips-per-style", type=int, default=data.CLIPS_PER_STYLE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--segment-seconds", type=float, default=5.0,
                         help="LM validation window length (at most the model's training window)")

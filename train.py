@@ -62,6 +62,7 @@ import audio
 import data
 from checkpoints import (CheckpointError, atomic_torch_save, find_in_hf_cache, load_into, read_config,
                          resolve_model_dir)
+from data import CLIPS_PER_STYLE  # (inside TrainConfig, `data` is the name of a field)
 from encodec_lite import PRESETS as CODEC_PRESETS
 from encodec_lite import CodecTrainer, EncodecLite
 from musicgen import LM, MusicGen, lm_config
@@ -85,9 +86,11 @@ class TrainConfig:
     # data (Paper §3.2: 20k hours of licensed music; ours: rendered scores)
     data: str = opt("builtin", "builtin (music21 scores), synthetic (tests) or a folder of audio files + captions")
     clip_seconds: float = opt(10.0, "length of each built-in / synthetic clip")
-    clips_per_style: int = opt(60, "built-in corpus size: clips per style (5 styles)")
+    clips_per_style: int = opt(CLIPS_PER_STYLE, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
+    codec_clips_per_style: int = opt(60, "the codec trains on the first N clips of each style (0 = all): it needs "
+                                         "less music than the LM (1600 steps see each of these ~4 times)")
     codec_steps: int = opt(1600, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
@@ -105,7 +108,7 @@ class TrainConfig:
     dropout: float = opt(0.0, "dropout in the LM and the T5 trained from scratch")
     batch_size: int = opt(16, "global batch (split across processes under torchrun)")
     segment_seconds: float = opt(2.5, "length of the training windows (Paper: 30 s)")
-    max_steps: int = opt(1000, "LM training steps")
+    max_steps: int = opt(1500, "LM training steps")
     lr: float = opt(2e-3, "peak learning rate")
     min_lr: float = opt(2e-4, "learning rate at the end of the cosine")
     warmup_steps: int = opt(50, "linear warm-up steps (Paper: 4000)")
@@ -135,10 +138,10 @@ CONFIGS = {
         eval_batches=1, ckpt_every=3, samples=1, sample_seconds=1.0),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, a 25M LM, 10 s windows).
     "gpu": TrainConfig(
-        out_dir="out/gpu", clips_per_style=400, codec_steps=20000, codec_batch=32, codec_lr=3e-4,
-        t5_preset="small", lm_dim=512, lm_layers=8, dropout=0.1, batch_size=64, segment_seconds=10.0,
-        max_steps=20000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, eval_every=1000, ckpt_every=1000,
-        guidance=3.0, sample_seconds=10.0),
+        out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
+        codec_lr=3e-4, t5_preset="small", lm_dim=512, lm_layers=8, dropout=0.1, batch_size=64,
+        segment_seconds=10.0, max_steps=20000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, eval_every=1000,
+        ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
     # The released 300M architecture (Paper Table 5) from scratch, on the public EnCodec 32 kHz and, if it is in the
     # Hugging Face cache, a frozen t5-base (as the paper): one big GPU, a day.
     "musicgen-small": TrainConfig(
@@ -326,7 +329,7 @@ def stage_codec(cfg, clips, proc):
         return EncodecLite.from_pretrained(cfg.codec)
     if not (out / "codec" / "config.json").exists():
         if proc.main:
-            train_codec(cfg, data.select(clips, "train"), proc)
+            train_codec(cfg, data.select(data.first_per_style(clips, cfg.codec_clips_per_style), "train"), proc)
         proc.barrier()
     else:
         say(proc, f"[codec] already trained: {out / 'codec'}")
@@ -350,7 +353,8 @@ def train_codec(cfg, clips, proc):
     n_params = sum(p.numel() for p in codec.parameters())
     tqdm.write(f"[codec] EncodecLite '{cfg.codec}': {codec.sample_rate} Hz, {codec.frame_rate:g} frames/s, "
                f"K={codec.num_codebooks} codebooks of {codec.codebook_size}, {n_params / 1e6:.2f}M parameters; "
-               f"{cfg.codec_steps} steps of {cfg.codec_batch} x {cfg.codec_crop_seconds:g} s crops")
+               f"{cfg.codec_steps} steps of {cfg.codec_batch} x {cfg.codec_crop_seconds:g} s crops "
+               f"from {len(clips)} clips")
     samples = int(cfg.codec_crop_seconds * codec.sample_rate)
     # Quantizer warm-up: VQ on a random encoder collapses (its latent barely varies, one code wins every frame). So
     # the codec first learns as a plain auto-encoder; the first quantised step then k-means-initialises each codebook
