@@ -89,8 +89,8 @@ class TrainConfig:
     clips_per_style: int = opt(CLIPS_PER_STYLE, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
-    codec_clips_per_style: int = opt(60, "the codec trains on the first N clips of each style (0 = all): it needs "
-                                         "less music than the LM (1600 steps see each of these ~4 times)")
+    codec_clips_per_style: int = opt(60, "built-in corpus: the codec trains on the first N clips of each style (0 = "
+                                         "all; a folder: always all): it needs less music than the LM (README)")
     codec_steps: int = opt(1600, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
@@ -329,7 +329,9 @@ def stage_codec(cfg, clips, proc):
         return EncodecLite.from_pretrained(cfg.codec)
     if not (out / "codec" / "config.json").exists():
         if proc.main:
-            train_codec(cfg, data.select(data.first_per_style(clips, cfg.codec_clips_per_style), "train"), proc)
+            if cfg.data == "builtin":  # the first clips of each style: the codec measured in the README
+                clips = data.first_per_style(clips, cfg.codec_clips_per_style)
+            train_codec(cfg, data.select(clips, "train"), proc)
         proc.barrier()
     else:
         say(proc, f"[codec] already trained: {out / 'codec'}")
