@@ -215,6 +215,11 @@ def test_experiment_help(kind, capsys):
     assert done.value.code == 0 and "--table" in capsys.readouterr().out
 
 
+def test_experiment_codebooks_reads_the_training_corpus_by_default():
+    import data  # exercises.py keeps its CLI free of torch imports, so its default is a literal: keep them equal
+    assert exercises.parse_args(["experiment", "codebooks"]).clips_per_style == data.CLIPS_PER_STYLE
+
+
 @pytest.fixture(scope="module")
 def tiny_patterns(tmp_path_factory):
     """The patterns experiment on the synthetic corpus (no token cache given), a few steps: its table and dir."""
