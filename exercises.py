@@ -579,7 +579,7 @@ def parse_args(argv=None):
     cb.add_argument("--model", default="out/small", help="a MusicGen or EnCodec directory")
     cb.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
     cb.add_argument("--clip-seconds", type=float, default=10.0)
-    cb.add_argument("--clips-per-style", type=int, default=180, help="as used for training (data.CLIPS_PER_STYLE)")
+    cb.add_argument("--clips-per-style", type=int, default=120, help="as used for training (data.CLIPS_PER_STYLE)")
     cb.add_argument("--clips", type=int, default=16, help="held-out clips to score")
     cb.add_argument("--png", help="also plot SI-SNR and mel distance against kbit/s (needs matplotlib)")
     cb.set_defaults(fn=experiment_codebooks)

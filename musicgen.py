@@ -741,13 +741,12 @@ def lm_config_from_hf(config):
 
 def generation_defaults(model_dir, num_codebooks):
     """What a checkpoint's generation_config.json asks for: (window in frames, from max_length = T + K steps: 1500
-    for the released models, i.e. their 30 s training crops; top_k; guidance_scale; temperature). None where the file
-    does not say."""
+    for the released models, i.e. their 30 s training crops; top_k; guidance_scale). None where the file does not
+    say."""
     path = Path(model_dir) / "generation_config.json"
     config = json.loads(path.read_text()) if path.exists() else {}
     max_length = config.get("max_length")
-    return ((max_length - num_codebooks if max_length else None), config.get("top_k"), config.get("guidance_scale"),
-            config.get("temperature"))
+    return (max_length - num_codebooks if max_length else None), config.get("top_k"), config.get("guidance_scale")
 
 
 def default_top_k(card):
@@ -762,18 +761,16 @@ class MusicGen(nn.Module):
     Build from parts (e.g. a fresh LM for training), or load with MusicGen.from_pretrained(dir_or_repo_id).
     `context_frames` is the longest stretch the LM was trained on, the default generation window (None: 30 s, as
     released); `top_k` the default sampling cut-off (None: default_top_k of the codebook size); `guidance` the
-    default classifier-free guidance coefficient (None: the paper's 3.0); `temperature` the default sampling
-    temperature (None: 1.0, as the paper). save_pretrained stores all four in generation_config.json (max_length,
-    top_k, guidance_scale, temperature), so a model carries the settings it was measured with."""
+    default classifier-free guidance coefficient (None: the paper's 3.0). save_pretrained stores all three in
+    generation_config.json (max_length, top_k, guidance_scale), so a model carries the settings it was measured
+    with."""
 
-    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None, guidance=None,
-                 temperature=None):
+    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None, guidance=None):
         super().__init__()
         self.tokenizer, self.text_encoder, self.codec, self.lm = tokenizer, text_encoder, codec, lm
         self.context_frames = context_frames
         self.top_k = default_top_k(codec.codebook_size) if top_k is None else top_k
         self.guidance = 3.0 if guidance is None else guidance  # Paper §3.1 / facts §3.2: 3.0 for the released models
-        self.temperature = 1.0 if temperature is None else temperature
         if codec.num_codebooks != lm.config.num_codebooks or codec.codebook_size != lm.config.card:
             raise ValueError(
                 f"The codec has {codec.num_codebooks} codebooks of {codec.codebook_size}, the LM expects "
@@ -819,8 +816,8 @@ class MusicGen(nn.Module):
         codec.fold_weight_norm()  # inference form of the convolutions
         lm = uninitialised(LM, lm_config_from_hf(config))
         lm.load_hf_state_dict(tensors, source=f"{model_dir} (decoder)")
-        context, top_k, guidance, temperature = generation_defaults(model_dir, lm.config.num_codebooks)
-        return cls(tokenizer, text_encoder, codec, lm, context, top_k, guidance, temperature).eval()
+        context, top_k, guidance = generation_defaults(model_dir, lm.config.num_codebooks)
+        return cls(tokenizer, text_encoder, codec, lm, context, top_k, guidance).eval()
 
     def hf_config(self):
         config = {
@@ -853,7 +850,7 @@ class MusicGen(nn.Module):
         special, K = self.lm.special, self.lm.config.num_codebooks
         save_config(
             {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
-             "do_sample": True, "guidance_scale": self.guidance, "top_k": self.top_k, "temperature": self.temperature,
+             "do_sample": True, "guidance_scale": self.guidance, "top_k": self.top_k,
              "max_length": self.context_frames + K if self.context_frames else 1500},
             model_dir / "generation_config.json",
         )
@@ -954,13 +951,12 @@ class MusicGen(nn.Module):
                              f"and positive; got {stride / self.frame_rate:.2f} s.")
         return frames, stride
 
-    def generate_tokens(self, prompts, frames, cfg_coef=None, top_k=None, top_p=0.0, temperature=None, seed=None,
+    def generate_tokens(self, prompts, frames, cfg_coef=None, top_k=None, top_p=0.0, temperature=1.0, seed=None,
                         greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
                         prompt_sample_rate=None, window=None, extend_stride=None):
         """Prompts -> codes [B, K, frames] (the fast cached loop), window after window when frames is longer than
         the window (the sliding-window diagram in section 4). With prompt_audio, the first T_p frames are the
-        prompt's own codes. cfg_coef / top_k / temperature None: the model's defaults (self.guidance / self.top_k /
-        self.temperature)."""
+        prompt's own codes. cfg_coef / top_k None: the model's defaults (self.guidance / self.top_k)."""
         self.check_frames(frames)
         condition, mask = self.encode_text(prompts)
         B = condition.shape[0]
@@ -974,8 +970,8 @@ class MusicGen(nn.Module):
             )
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         cfg_coef = self.guidance if cfg_coef is None else cfg_coef
-        sampling = dict(temperature=self.temperature if temperature is None else temperature,
-                        top_k=self.top_k if top_k is None else top_k, top_p=top_p, greedy=greedy)
+        sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p,
+                        greedy=greedy)
         start = 0  # first frame of the current window
         while codes is None or codes.shape[-1] < frames:
             end = min(start + window, frames)
@@ -987,7 +983,7 @@ class MusicGen(nn.Module):
         return codes
 
     @torch.inference_mode()
-    def generate(self, prompts, duration=10.0, cfg_coef=None, top_k=None, top_p=0.0, temperature=None, seed=None,
+    def generate(self, prompts, duration=10.0, cfg_coef=None, top_k=None, top_p=0.0, temperature=1.0, seed=None,
                  greedy=False, progress=False, *, melody=None, melody_sample_rate=None, prompt_audio=None,
                  prompt_sample_rate=None, window=None, extend_stride=None):
         """Prompts -> waveform [B, 1, duration * sample_rate] at self.sample_rate (32 kHz).

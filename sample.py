@@ -10,8 +10,7 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
 
 Sampling follows the paper (§3.1): top-k 250 (of 2048 codes; a model with a smaller codebook keeps the same
-share), temperature 1, classifier-free guidance 3, unless the model's generation_config.json says otherwise (ours
-from train.py --config small: top-k 31, temperature 0.8, guidance 8; README). Every WAV gets a .json beside it with all the settings (seed
+share), temperature 1, classifier-free guidance 3. Every WAV gets a .json beside it with all the settings (seed
 included: without --seed one is drawn and recorded, so any output can be made again on the same machine), and
 --plot draws its spectrogram and chromagram (needs matplotlib). Nothing is
 downloaded: --model is a directory, or a hub id already in the Hugging Face cache.
@@ -48,8 +47,7 @@ def parse_args(argv=None):
                    help="sample among the k most likely tokens (0 = all); default: the model's (250 for the released "
                         "models, the same 12 %% share of a smaller codebook for ours)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass; > 0 replaces top-k")
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy; default: the model's (1.0 for the "
-                   "released models, 0.8 for ours)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--window", type=float, default=None, help="seconds per generation window (default: the "
                    "model's training length, 30 s for the released models)")
     p.add_argument("--extend-stride", type=float, default=None, help="seconds each window moves on (default 0.6 "
@@ -147,7 +145,7 @@ def main(argv=None):
     settings = {"model": str(args.model), "duration": generated, "seed": seed,
                 "cfg": mg.guidance if args.cfg is None else args.cfg,
                 "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
-                "temperature": mg.temperature if args.temperature is None else args.temperature,
+                "temperature": args.temperature,
                 "melody": args.melody, "continue": args.continue_from, "window": args.window,
                 "extend_stride": args.extend_stride, "batch_size": len(prompts), "device": args.device,
                 "sample_rate": mg.sample_rate, "seconds_taken": round(seconds, 3)}

@@ -116,9 +116,8 @@ class TrainConfig:
     beta2: float = opt(0.95, "AdamW beta2 (beta1 = 0.9)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this")
     cond_dropout: float = opt(0.3, "probability of training a batch without its condition (guidance, Paper §3.1)")
-    guidance: float = opt(8.0, "the exported model's default guidance coefficient (Paper: 3; our laptop LM follows "
-                               "the prompt better at 8, README)")
-    temperature: float = opt(0.8, "the exported model's default sampling temperature (Paper: 1; ours: 0.8, README)")
+    guidance: float = opt(6.0, "the exported model's default guidance coefficient (Paper: 3; our laptop LM follows "
+                               "the prompt better at 6, README)")
     # bookkeeping
     log_every: int = opt(10, "steps between log.jsonl lines")
     eval_every: int = opt(100, "steps between validation losses")
@@ -142,20 +141,19 @@ CONFIGS = {
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
         codec_lr=3e-4, t5_preset="small", lm_dim=512, lm_layers=8, dropout=0.1, batch_size=64,
         segment_seconds=10.0, max_steps=20000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, eval_every=1000,
-        ckpt_every=1000, guidance=3.0, temperature=1.0, sample_seconds=10.0),
+        ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
     # The released 300M architecture (Paper Table 5) from scratch, on the public EnCodec 32 kHz and, if it is in the
     # Hugging Face cache, a frozen t5-base (as the paper): one big GPU, a day.
     "musicgen-small": TrainConfig(
         out_dir="out/musicgen-small", clips_per_style=400, codec="facebook/encodec_32khz", t5="auto",
         t5_preset="small", lm="musicgen-small", lm_dim=0, lm_layers=0, dropout=0.1, batch_size=32,
         segment_seconds=10.0, max_steps=50000, lr=3e-4, min_lr=3e-5, warmup_steps=2000, eval_every=1000,
-        ckpt_every=1000, guidance=3.0, temperature=1.0, sample_seconds=10.0),
+        ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
     # Fine-tune a public MusicGen on your folder: --init-from facebook/musicgen-small --data DIR
     # (its codec, T5 and LM are used; the LM keeps its own size).
     "finetune": TrainConfig(
         out_dir="out/finetune", lm_dim=0, lm_layers=0, batch_size=8, segment_seconds=10.0, max_steps=2000,
-        lr=1e-5, min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0, temperature=1.0,
-        sample_seconds=10.0),
+        lr=1e-5, min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0, sample_seconds=10.0),
 }
 
 STAGES = ("data", "codec", "tokens", "lm")
@@ -287,7 +285,7 @@ def plain(d):
 
 def notice_changed_settings(ckpt, cfg, proc):
     ignore = {"out_dir", "cache_dir", "device", "threads", "log_every", "eval_every", "eval_batches", "ckpt_every",
-              "samples", "sample_seconds", "guidance", "temperature"}
+              "samples", "sample_seconds", "guidance"}
     changed = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in ckpt.get("config", {}).items()
                if k not in ignore and hasattr(cfg, k) and getattr(cfg, k) != v]
     if changed:
@@ -614,8 +612,7 @@ def stage_lm(cfg, codec, tokens, proc):
         say(proc, f"[lm] already trained to step {start} (max_steps {cfg.max_steps})")
     if proc.main:
         # generate with windows no longer than the training windows: positions beyond them were never trained
-        mg = MusicGen(tokenizer, text_encoder, codec, lm, context_frames=frames, guidance=cfg.guidance,
-                      temperature=cfg.temperature).eval()
+        mg = MusicGen(tokenizer, text_encoder, codec, lm, context_frames=frames, guidance=cfg.guidance).eval()
         mg.save_pretrained(out)
         say(proc, f"[lm] exported the model to {out} (Hugging Face MusicGen layout)")
         write_samples(mg, val_set, cfg, out / "samples")

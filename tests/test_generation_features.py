@@ -169,20 +169,6 @@ def test_guidance_default_is_used_and_travels_with_the_checkpoint(tiny_musicgen,
     assert M.MusicGen.from_pretrained(tmp_path).guidance == 6.0
 
 
-def test_temperature_default_is_used_and_travels_with_the_checkpoint(tiny_musicgen, tmp_path):
-    mg = tiny_musicgen(max_positions=64)
-    assert mg.temperature == 1.0  # the paper's, when nothing says otherwise
-    sampled = mg.generate_tokens(["baroque"], 8, seed=0)
-    mg.temperature = 0.5
-    by_default = mg.generate_tokens(["baroque"], 8, seed=0)
-    assert torch.equal(by_default, mg.generate_tokens(["baroque"], 8, temperature=0.5, seed=0))
-    assert torch.equal(sampled, mg.generate_tokens(["baroque"], 8, temperature=1.0, seed=0))
-    assert not torch.equal(by_default, sampled)
-    mg.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "generation_config.json").read_text())["temperature"] == 0.5
-    assert M.MusicGen.from_pretrained(tmp_path).temperature == 0.5
-
-
 # ----------------------------------------------------------------------------- sample.py
 
 

@@ -76,7 +76,7 @@ def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
     assert losses[cfg.max_steps] < losses[1]  # it learns something even in 6 steps
     # the export is a MusicGen directory that loads and generates; the LM in it is the one trained
     mg = musicgen.MusicGen.from_pretrained(out)
-    assert (mg.guidance, mg.temperature) == (cfg.guidance, cfg.temperature)  # the export's sampling defaults
+    assert mg.guidance == cfg.guidance  # the export generates with the config's guidance by default
     for name, tensor in lm.state_dict().items():
         torch.testing.assert_close(mg.lm.state_dict()[name], tensor.cpu())
     wav = mg.generate(["flute melody"], duration=0.5, seed=0)
