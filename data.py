@@ -25,7 +25,8 @@ the data position of a checkpoint is just the step number.
 
 API used by train.py and evaluate.py:
     Clip(id, path, caption, style, split, meta)
-    builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=120, seed=0, workers=2)
+    builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clips_per_style=CLIPS_PER_STYLE, seed=0,
+                   workers=2)
     folder_corpus(folder, cache_dir="cache", sample_rate=16000)
     synthetic_corpus(cache_dir="cache", sample_rate=16000, n=12, seconds=3.0, seed=0)
     select(clips, split) -> list[Clip];  first_per_style(clips, n) -> list[Clip];  summary(clips) -> str
