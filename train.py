@@ -106,6 +106,8 @@ class TrainConfig:
     lm_dim: int = opt(192, "change the preset's width D (heads of 64 channels, FFN 4 D); 0 = keep it")
     lm_layers: int = opt(4, "change the preset's number of layers; 0 = keep it")
     dropout: float = opt(0.0, "dropout in the LM and the T5 trained from scratch")
+    input_noise: float = opt(0.1, "share of the LM's input codes replaced by random ones while training "
+                                  "(musicgen.corrupt_codes: a small corpus is memorised less; README)")
     batch_size: int = opt(16, "global batch (split across processes under torchrun)")
     segment_seconds: float = opt(2.5, "length of the training windows (Paper: 30 s)")
     max_steps: int = opt(1500, "LM training steps")
@@ -139,21 +141,22 @@ CONFIGS = {
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, a 25M LM, 10 s windows).
     "gpu": TrainConfig(
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
-        codec_lr=3e-4, t5_preset="small", lm_dim=512, lm_layers=8, dropout=0.1, batch_size=64,
+        codec_lr=3e-4, t5_preset="small", lm_dim=512, lm_layers=8, dropout=0.1, input_noise=0.0, batch_size=64,
         segment_seconds=10.0, max_steps=20000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, eval_every=1000,
         ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
     # The released 300M architecture (Paper Table 5) from scratch, on the public EnCodec 32 kHz and, if it is in the
     # Hugging Face cache, a frozen t5-base (as the paper): one big GPU, a day.
     "musicgen-small": TrainConfig(
         out_dir="out/musicgen-small", clips_per_style=400, codec="facebook/encodec_32khz", t5="auto",
-        t5_preset="small", lm="musicgen-small", lm_dim=0, lm_layers=0, dropout=0.1, batch_size=32,
-        segment_seconds=10.0, max_steps=50000, lr=3e-4, min_lr=3e-5, warmup_steps=2000, eval_every=1000,
+        t5_preset="small", lm="musicgen-small", lm_dim=0, lm_layers=0, dropout=0.1, input_noise=0.0,
+        batch_size=32, segment_seconds=10.0, max_steps=50000, lr=3e-4, min_lr=3e-5, warmup_steps=2000, eval_every=1000,
         ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
     # Fine-tune a public MusicGen on your folder: --init-from facebook/musicgen-small --data DIR
     # (its codec, T5 and LM are used; the LM keeps its own size).
     "finetune": TrainConfig(
-        out_dir="out/finetune", lm_dim=0, lm_layers=0, batch_size=8, segment_seconds=10.0, max_steps=2000,
-        lr=1e-5, min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0, sample_seconds=10.0),
+        out_dir="out/finetune", lm_dim=0, lm_layers=0, input_noise=0.0, batch_size=8, segment_seconds=10.0,
+        max_steps=2000, lr=1e-5, min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0,
+        sample_seconds=10.0),
 }
 
 STAGES = ("data", "codec", "tokens", "lm")
@@ -424,16 +427,17 @@ class TextToMusic(torch.nn.Module):
     time. The condition is multiplied by zero rather than skipped so every parameter stays in the graph (DDP
     expects gradients for all of them)."""
 
-    def __init__(self, text_encoder, lm, train_text):
+    def __init__(self, text_encoder, lm, train_text, input_noise=0.0):
         super().__init__()
-        self.text_encoder, self.lm, self.train_text = text_encoder, lm, train_text
+        self.text_encoder, self.lm, self.train_text, self.input_noise = text_encoder, lm, train_text, input_noise
 
     def forward(self, codes, ids, mask, drop_condition):
         with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):
             condition = self.text_encoder(ids, mask)  # [B, L, d_text]
         if drop_condition:
             condition, mask = condition * 0, mask * 0
-        return self.lm.compute_loss(codes, condition, mask)  # (loss, per-codebook loss [K])
+        noise = self.input_noise if self.training else 0.0  # validation scores clean inputs
+        return self.lm.compute_loss(codes, condition, mask, input_noise=noise)  # (loss, per-codebook loss [K])
 
 
 def find_t5(cfg, proc):
@@ -574,7 +578,7 @@ def stage_lm(cfg, codec, tokens, proc):
     tokenizer, text_encoder, lm, train_text = build_models(cfg, codec, tokens, proc)
     if not train_text:
         text_encoder.requires_grad_(False).eval()
-    model = TextToMusic(text_encoder, lm, train_text).to(proc.device)
+    model = TextToMusic(text_encoder, lm, train_text, cfg.input_noise).to(proc.device)
     architecture = plain({"lm": asdict(lm.config), "codec": codec.config.to_hf(),
                           "text_encoder": dict(text_encoder.config.to_hf(), trained=train_text)})
     optimizer = make_optimizer(model, cfg, proc.device)

@@ -227,6 +227,26 @@ def test_loss_ignores_special_and_invalid_targets():
     assert not torch.isclose(lm.compute_loss(changed, condition, mask)[1][3], per_codebook[3])
 
 
+def test_input_noise_corrupts_inputs_only():
+    torch.manual_seed(0)
+    seq = M.delay_pattern(torch.randint(0, 64, (8, 4, 200)), 64)  # [B, K, T + K], specials at the edges
+    noisy = M.corrupt_codes(seq, 0.1, 64)
+    special = seq == 64
+    assert torch.equal(noisy[special], seq[special])  # the special token is never replaced
+    assert noisy[~special].max() < 64
+    changed = (noisy != seq).float()[~special].mean()
+    assert 0.08 < changed < 0.11  # 10 % drawn, 1/64 of those redrawn as the same code
+    assert torch.equal(M.corrupt_codes(seq, 0.0, 64), seq)
+
+    # in the loss: clean targets, noisy inputs; input_noise=0 is exactly plain teacher forcing
+    lm = tiny_lm(text_dim=768)
+    condition, mask = text_condition()
+    codes = torch.randint(0, 64, (2, 4, 8))
+    clean = lm.compute_loss(codes, condition, mask)[0]
+    torch.testing.assert_close(lm.compute_loss(codes, condition, mask, input_noise=0.0)[0], clean, atol=0, rtol=0)
+    assert not torch.isclose(lm.compute_loss(codes, condition, mask, input_noise=0.5)[0], clean)
+
+
 def test_loss_trains():
     lm = tiny_lm(text_dim=768).train()
     condition, mask = text_condition()
