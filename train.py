@@ -25,9 +25,9 @@ the LM, on a SentencePiece vocabulary learnt from the corpus captions: the same 
 frozen.
 
 Exact resume: a checkpoint holds model, optimiser and step. Everything else is a function of (seed, step): the
-batches (data.token_batch), the condition dropout draw, the learning rate, and the torch seed for dropout, which
-is reset at every step. So a run killed at any point and restarted replays exactly what an uninterrupted run does.
-Ctrl-C finishes the current step, saves and exits. Checkpoints are written atomically (never half a file).
+batches (data.token_batch), the condition dropout draw, the learning rate, and the torch seed for dropout and input
+noise, which is reset at every step. So a run killed at any point and restarted replays exactly what an uninterrupted
+run does. Ctrl-C finishes the current step, saves and exits. Checkpoints are written atomically (never half a file).
 
 Outputs in --out_dir (default out/<config>):
     codec/                 the trained codec (HF EncodecModel layout)
@@ -646,7 +646,7 @@ def train_loop(cfg, model, optimizer, tokenizer, train_set, val_set, frames, sta
     t_last, s_last = time.time(), start
     with StopRequest() as stop:
         for step in range(start, cfg.max_steps):
-            torch.manual_seed(step_seed(cfg.seed, step, 2 + proc.rank))  # dropout masks of this step
+            torch.manual_seed(step_seed(cfg.seed, step, 2 + proc.rank))  # dropout masks and input noise of this step
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
