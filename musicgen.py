@@ -6,7 +6,8 @@ Read top to bottom, with the paper open:
     1. codebook interleaving     delay_pattern / revert_delay / valid_target_mask (+ parallel)   Paper §2.2
     2. LMConfig + presets        the sizes of Table 5 (+ the melody model) and small ones         Paper §2.4
     3. the transformer LM        summed codebook embeddings + sinusoids, pre-norm layers (causal self-attn,
-                                 cross-attn to the text, FFN), final norm, K heads; its training loss;
+                                 cross-attn to the text, FFN), final norm, K heads; its training loss
+                                 (optionally with noise in its inputs: corrupt_codes, end of section 1);
                                  the melody model's [chroma ; text] prefix instead of cross-attn  Paper §2.3-2.4
     4. generation                sampling, classifier-free guidance, a short reference loop and the fast
                                  loop with a preallocated KV cache; audio prompts (continuation)  Paper §3.1
@@ -66,16 +67,6 @@ def delay_pattern(codes, special):
     # --- end exercise: delay_pattern ---
 
 
-def corrupt_codes(seq, p, card):
-    """Replace each code of seq (never the special token, id >= card) by a uniformly random code with probability
-    p. Training only, on the LM's *inputs* (its targets stay clean): at sampling time the LM reads its own samples,
-    wrong codes included, while teacher forcing only ever shows it clean ones. With a little noise in its context it
-    learns to predict the right next step anyway, and a small corpus is harder to memorise. Not in the paper (20k
-    hours of music do not need it); on our laptop corpus it lowers the validation loss (README)."""
-    hit = (torch.rand(seq.shape, device=seq.device) < p) & (seq < card)
-    return torch.where(hit, torch.randint_like(seq, card), seq)
-
-
 def revert_delay(seq):
     """Delayed sequence [B, K, S] -> codes [B, K, S - K]: undo the shift of each codebook."""
     # --- exercise: delay_pattern ---
@@ -104,6 +95,16 @@ def valid_target_mask(K, T, device=None):
     # --- exercise: valid_target_mask ---
     return torch.arange(T, device=device)[None, :] >= torch.arange(K, device=device)[:, None]
     # --- end exercise: valid_target_mask ---
+
+
+def corrupt_codes(seq, p, card):
+    """Replace each code of seq (never the special token, id >= card) by a uniformly random code with probability
+    p. Training only, on the LM's *inputs* (its targets stay clean): at sampling time the LM reads its own samples,
+    wrong codes included, while teacher forcing only ever shows it clean ones. With a little noise in its context it
+    learns to predict the right next step anyway, and a small corpus is harder to memorise. Not in the paper (20k
+    hours of music do not need it); on our laptop corpus it lowers the validation loss (README)."""
+    hit = (torch.rand(seq.shape, device=seq.device) < p) & (seq < card)
+    return torch.where(hit, torch.randint_like(seq, card), seq)
 
 
 # ============================================================================ 2. configuration, Paper §2.4 / Table 5

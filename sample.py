@@ -10,10 +10,11 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
 
 Sampling follows the paper (§3.1): top-k 250 (of 2048 codes; a model with a smaller codebook keeps the same
-share), temperature 1, classifier-free guidance 3. Every WAV gets a .json beside it with all the settings (seed
-included: without --seed one is drawn and recorded, so any output can be made again on the same machine), and
---plot draws its spectrogram and chromagram (needs matplotlib). Nothing is
-downloaded: --model is a directory, or a hub id already in the Hugging Face cache.
+share), temperature 1, classifier-free guidance 3, unless the model's generation_config.json says otherwise (ours
+from train.py --config small: top-k 31, guidance 6; README). Every WAV gets a .json beside it with all the settings
+(seed included: without --seed one is drawn and recorded, so any output can be made again on the same machine), and
+--plot draws its spectrogram and chromagram (needs matplotlib). Nothing is downloaded: --model is a directory, or a
+hub id already in the Hugging Face cache.
 """
 
 import argparse
