@@ -16,6 +16,7 @@ The file, top to bottom:
     EncodecConfig, PRESETS       hyper-parameters with Hugging Face field names, and named sizes
     Conv1d / ConvTranspose1d     weight-normed convolutions with EnCodec's padding rules
     ResnetBlock, LSTM            the SEANet building blocks; Encoder / Decoder stack them
+    SpectralEncoder / Decoder    our codec for the laptop run: STFT magnitudes and phase advances, steady codes
     Codebook / VectorQuantizer / ResidualVectorQuantizer     RVQ, trained with EMA k-means updates
     EncodecLite                  encode / decode / forward, load and save in the Hugging Face layout
     training                     mel filter bank, CodecLoss, STFT discriminator, CodecTrainer, train_codec
@@ -58,6 +59,7 @@ class EncodecConfig:
     last_kernel_size: int = 7                  # last conv of encoder and decoder
     compress: int = 2                          # a residual block's hidden width is dim // compress
     pad_mode: str = "reflect"
+    codec_type: str = "seanet"                 # or "spectral": our codec for the laptop run (SpectralEncoder)
 
     @property
     def hop_length(self):
@@ -113,6 +115,8 @@ class EncodecConfig:
 
     def to_hf(self):
         d = asdict(self)
+        if self.codec_type == "seanet":  # HF's own codec: keep its config.json free of our key
+            del d["codec_type"]
         d.update(upsampling_ratios=list(self.upsampling_ratios), target_bandwidths=list(self.target_bandwidths))
         # the flags that pin HF to the variant we implement (their HF defaults differ, see from_hf)
         d.update(model_type="encodec", architectures=["EncodecModel"], use_causal_conv=False, use_conv_shortcut=False,
@@ -132,13 +136,22 @@ PRESETS = {
     "tiny": EncodecConfig(
         sampling_rate=8000, num_filters=4, upsampling_ratios=(8, 5, 4), hidden_size=16, codebook_size=64,
         codebook_dim=16, target_bandwidths=(_bandwidth(4, 64, 50),), num_lstm_layers=1),
-    # For the laptop training run. Our synthesized corpus has little energy above 4 kHz, so 16 kHz loses nothing and
-    # halves every conv's work against 32 kHz. Hop 320 = 8*5*4*2 gives 50 frames/s like the real codec, so an LM
-    # trained on these codes sees the same time grid as MusicGen. 16 filters (vs 64) and a 64-dim latent keep
-    # the convs ~16x cheaper, which is what lets the codec train in ~10 minutes on 2 CPU cores; K = 4 codebooks as in
-    # the paper (the delay pattern and its 3-step offset stay the same), but only 256 entries each: fewer entries
-    # learn faster from little data and give the small LM an easier vocabulary.
+    # The same with the spectral codec: the tiny config of train.py (the laptop recipe's codec, in seconds).
+    "tiny-spectral": EncodecConfig(
+        sampling_rate=8000, num_filters=4, upsampling_ratios=(8, 5, 4), hidden_size=16, codebook_size=64,
+        codebook_dim=16, target_bandwidths=(_bandwidth(4, 64, 50),), num_lstm_layers=1, codec_type="spectral"),
+    # For the laptop training run. Our synthesized corpus has little energy above 4 kHz, so 16 kHz loses nothing.
+    # Hop 320 gives 50 frames/s like the real codec, so an LM trained on these codes sees the same time grid as
+    # MusicGen; K = 4 codebooks as in the paper (the delay pattern and its 3-step offset stay the same), but only 256
+    # entries each: fewer entries learn faster from little data and give the small LM an easier vocabulary. The
+    # spectral encoder / decoder (below) instead of SEANet: its codes sit still while a note is held, which is what
+    # lets a small LM follow the prompt (README, "the spectral codec"). The ratios only set the hop here.
     "small": EncodecConfig(
+        sampling_rate=16000, num_filters=16, upsampling_ratios=(8, 5, 4, 2), hidden_size=64, codebook_size=256,
+        codebook_dim=64, target_bandwidths=(_bandwidth(4, 256, 50),), num_lstm_layers=1, codec_type="spectral"),
+    # The SEANet codec of the same size that the laptop run used before (README: what it measured). 16 filters (vs
+    # 64) and a 64-dim latent keep the convs ~16x cheaper than encodec_32khz.
+    "small-seanet": EncodecConfig(
         sampling_rate=16000, num_filters=16, upsampling_ratios=(8, 5, 4, 2), hidden_size=64, codebook_size=256,
         codebook_dim=64, target_bandwidths=(_bandwidth(4, 256, 50),), num_lstm_layers=1),
 }
@@ -339,6 +352,160 @@ class Decoder(nn.Module):
         return x
 
 
+# ----------------------------------------------------------------------------- the spectral codec (laptop run)
+#
+# Why a second architecture. SEANet's decoder upsamples by transposed convolutions: a latent that holds still
+# becomes a waveform that repeats every hop, i.e. only harmonics of the frame rate (50 Hz). So the pitch of a held
+# note has to live in how the latent *changes*: on a sustained organ chord the codes of codebook 1 change in ~93 %
+# of frames, following the phase of each partial. The paper's 300M LM, trained on 20k hours, learns to continue
+# such sequences; a 3M LM trained for 7 minutes cannot, and its held chords come out flickering (README).
+#
+# The spectral codec takes the phase out of the latent. Per frame it works with an STFT whose hop is the codec's:
+#   encoder  reads the log magnitudes and the phase *advance* from one frame to the next of each frequency bin.
+#            Both stay constant while a note is held (the advance is 2 pi f hop / sample_rate for a partial at f),
+#            so the latent, and the codes, sit still: codebook 1 changes in ~20 % of frames instead of ~93 %.
+#   decoder  predicts each bin's magnitude and phase advance (GANSynth's "instantaneous frequency", Engel et al.
+#            2019), adds the advances up over frames into phases, gives every bin the phase of the spectral peak it
+#            belongs to (the phase vocoder's "identity phase locking", Laroche & Dolson 1999: without it the bins of
+#            one partial, whose phases started apart, interfere), and inverts the STFT (as Vocos does, Siuzdak 2023).
+# Besides the mel losses, the decoder's magnitudes and advances are compared directly with those of the input
+# (SpectralDecoder.supervision): the mel losses alone barely reach the advances through the phase integration. The
+# waveform L1 term is dropped: phases start wherever the sum starts, so the waveform is not the input's (SI-SNR
+# means nothing for this codec; mel distance and chroma agreement do).
+
+
+def phase_advance(spec):
+    """Complex STFT [B, F, T] -> phase advance of each bin from the previous frame, in (-pi, pi] [B, F, T].
+    Frame 0 has no predecessor and takes frame 1's advance (a single frame: 0)."""
+    if spec.shape[-1] < 2:
+        return torch.zeros(spec.shape, device=spec.device)
+    advance = torch.angle(spec[..., 1:] * spec[..., :-1].conj())
+    return torch.cat([advance[..., :1], advance], dim=-1)
+
+
+def bin_advance(n_fft, hop):
+    """The phase advance per hop of a partial exactly at each bin's centre frequency [F]: 2 pi k hop / n_fft."""
+    return (2 * math.pi * torch.arange(n_fft // 2 + 1) * hop / n_fft) % (2 * math.pi)
+
+
+def lock_phases(magnitude, phase, reach=2):
+    """Identity phase locking: each bin takes the phase of the loudest bin within `reach` bins (its peak), plus
+    pi per bin of distance (a Hann-windowed partial alternates sign from bin to bin). [B, F, T] -> [B, F, T]."""
+    B, F_, T = magnitude.shape
+    frames = magnitude.detach().transpose(1, 2).reshape(B * T, 1, F_)
+    _, peak = F.max_pool1d(frames, 2 * reach + 1, stride=1, padding=reach, return_indices=True)
+    peak = peak.view(B, T, F_).transpose(1, 2)  # [B, F, T] index of each bin's peak
+    bins = torch.arange(F_, device=magnitude.device)[None, :, None]
+    return phase.gather(1, peak) + math.pi * (bins - peak)
+
+
+class FrameBlock(nn.Module):
+    """x + Conv1x1(ELU(Conv3_dilated(ELU(x)))) over frames: the spectral codec's residual block."""
+
+    def __init__(self, dim, dilation):
+        super().__init__()
+        self.dilated = nn.Conv1d(dim, dim, 3, padding=dilation, dilation=dilation)
+        self.mix = nn.Conv1d(dim, dim, 1)
+
+    def forward(self, x):
+        return x + self.mix(F.elu(self.dilated(F.elu(x))))
+
+
+class SpectralEncoder(nn.Module):
+    """wav [B, 1, N] -> latent [B, D, ceil(N / hop)], from STFT frames centred on the latent frames: log magnitudes
+    at a long window (2048 at hop 320: 7.8 Hz bins, for the pitch), and at the decoder's window 4 hop the log
+    magnitudes and the phase advance relative to each bin's centre, as (cos, sin) weighted by how loud the bin is
+    (the advance of an empty bin is noise)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.hop = c.hop_length
+        self.long_fft, self.n_fft = 2 ** math.ceil(math.log2(4 * self.hop)), 4 * self.hop
+        width = 4 * c.hidden_size
+        self.register_buffer("long_window", torch.hann_window(self.long_fft), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
+        channels = self.long_fft // 2 + 1 + 3 * (self.n_fft // 2 + 1)
+        self.inp = nn.Conv1d(channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(FrameBlock(width, d) for d in (1, 2, 4, 1))
+        self.lstm = LSTM(width, c.num_lstm_layers)
+        self.out = nn.Conv1d(width, c.hidden_size, 3, padding=1)
+
+    def stft(self, wav, n_fft, window, frames):  # [B, 1, N] -> [B, F, frames]; silence beyond the ends
+        return torch.stft(wav[:, 0], n_fft, self.hop, window=window, pad_mode="constant",
+                          return_complex=True)[..., :frames]
+
+    def forward(self, wav):
+        frames = math.ceil(wav.shape[-1] / self.hop)
+        long = self.stft(wav, self.long_fft, self.long_window, frames).abs()
+        spec = self.stft(wav, self.n_fft, self.window, frames)  # [B, F, T]
+        offset = phase_advance(spec) - self.centre[:, None]  # where in its bin each partial sits
+        loudness = (spec.abs() / (spec.abs().amax(dim=1, keepdim=True) + 1e-6)).sqrt()
+        x = torch.cat([torch.log(long + 1e-4) / 4, torch.log(spec.abs() + 1e-4) / 4,
+                       loudness * torch.cos(offset), loudness * torch.sin(offset)], dim=1)
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(F.elu(self.lstm(x)))
+
+
+class SpectralDecoder(nn.Module):
+    """latent [B, D, T] -> wav [B, 1, T * hop]: per frame, each bin's magnitude and phase advance; phases summed
+    over frames and locked to their peaks; inverse STFT (window 4 hop)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.hop, self.n_fft = c.hop_length, 4 * c.hop_length
+        bins, width = self.n_fft // 2 + 1, 4 * c.hidden_size
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
+        self.inp = nn.Conv1d(c.hidden_size, width, 3, padding=1)
+        self.lstm = LSTM(width, c.num_lstm_layers)
+        self.blocks = nn.ModuleList(FrameBlock(width, d) for d in (1, 2, 4, 1))
+        self.head = nn.Conv1d(width, 4 * width, 1)  # a wide last layer: 2 x 641 outputs with sharp peaks
+        self.out = nn.Conv1d(4 * width, 2 * bins, 1)
+
+    def spectrum(self, latent):
+        """latent [B, D, T] -> (magnitude, phase advance), each [B, F, T], in float32."""
+        x = self.lstm(self.inp(latent))
+        for block in self.blocks:
+            x = block(x)
+        log_mag, offset = self.out(F.elu(self.head(F.elu(x)))).float().chunk(2, dim=1)
+        # A sine of amplitude a peaks at about a * hop in this STFT; exp(...) is that amplitude: it starts near
+        # 0.02 (a quiet random codec) and is capped at e^2 (louder than full scale) so that no spike can overflow.
+        magnitude = self.hop * torch.exp((log_mag - 4).clamp(max=2))
+        advance = self.centre[:, None] + math.pi * torch.tanh(offset)  # within half a turn of the bin's own
+        return magnitude, advance
+
+    def synthesize(self, magnitude, advance):  # [B, F, T] each -> wav [B, 1, T * hop]
+        phase = lock_phases(magnitude, torch.cumsum(advance, dim=-1))
+        wav = torch.istft(torch.polar(magnitude, phase), self.n_fft, self.hop, window=self.window,
+                          length=magnitude.shape[-1] * self.hop)
+        return wav[:, None]
+
+    def forward(self, latent):
+        return self.synthesize(*self.spectrum(latent))
+
+    def supervision(self, wav, magnitude, advance):
+        """Direct losses against the input's own STFT: log-magnitude L1, spectral convergence, and 1 - cos of the
+        phase-advance error weighted by each bin's share of the frame's energy (only the advances of loud bins
+        matter)."""
+        spec = torch.stft(wav[:, 0], self.n_fft, self.hop, window=self.window, pad_mode="constant",
+                          return_complex=True)[..., : magnitude.shape[-1]]
+        target = spec.abs()  # [B, F, T]
+        weight = target / (target.sum(dim=1, keepdim=True) + 1e-6)
+        phase = (weight * (1 - torch.cos(advance - phase_advance(spec))))[..., 1:].sum(dim=1).mean()
+        # The floor is ~ -90 dB re a full-scale sine: the quiet bins between the partials count too (a -60 dB floor
+        # gave a lower mel loss and worse chroma: 47 % against 75 %, one run each).
+        log_magnitude = F.l1_loss(torch.log(magnitude + 1e-2), torch.log(target + 1e-2))
+        # Spectral convergence (Arik et al. 2019): the error's energy relative to the input's, so the few loud bins
+        # of the partials, which carry the notes, weigh most; the log term above spends itself on the hundreds of
+        # quiet bins between them. With it the auto-encoder keeps far more of the notes (README: the spectral codec).
+        convergence = (torch.linalg.norm(magnitude - target, dim=(1, 2))
+                       / (torch.linalg.norm(target, dim=(1, 2)) + 1e-6)).mean()
+        return {"phase": phase, "magnitude": log_magnitude, "convergence": 3 * convergence}
+
+
 # ----------------------------------------------------------------------------- residual vector quantisation (§4.7)
 #
 # Why RVQ: one codebook of 2^44 entries would be needed to spend 44 bits per frame; instead K = 4 codebooks of 2^11
@@ -501,8 +668,14 @@ class EncodecLite(nn.Module):
             raise ValueError(f"codebook_dim ({config.codebook_dim}) must equal hidden_size ({config.hidden_size}): "
                              "the codebooks quantise the latent directly, without projections.")
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        if config.codec_type == "seanet":
+            self.encoder, self.decoder = Encoder(config), Decoder(config)
+        elif config.codec_type == "spectral":
+            if config.audio_channels != 1:
+                raise ValueError("The spectral codec is mono (audio_channels=1); stereo input is downmixed anyway.")
+            self.encoder, self.decoder = SpectralEncoder(config), SpectralDecoder(config)
+        else:
+            raise ValueError(f"codec_type must be 'seanet' or 'spectral'; got {config.codec_type!r}.")
         self.quantizer = ResidualVectorQuantizer(config)
 
     # --- sizes
@@ -566,15 +739,22 @@ class EncodecLite(nn.Module):
     # --- training
 
     def forward(self, wav, quantize=True):
-        """Training pass: wav [B, C, N] -> (reconstruction [B, C, N], codes [B, K, T] or None, commitment loss).
+        """Training pass: wav [B, C, N] -> (reconstruction [B, C, N], codes [B, K, T] or None, extra losses: a dict
+        with the commitment loss, and for the spectral codec its direct phase and magnitude losses).
 
         In training mode this also updates the codebooks (EMA). The input must already be at `sample_rate`.
         quantize=False skips the RVQ (a plain auto-encoder): the warm-up, see train_codec."""
         latent = self.encoder(wav)
-        if not quantize:
-            return self.decoder(latent)[..., : wav.shape[-1]], None, latent.new_zeros(())
-        quantized, codes, commit = self.quantizer(latent)
-        return self.decoder(quantized)[..., : wav.shape[-1]], codes, commit
+        codes, extra = None, {"commit": latent.new_zeros(())}
+        if quantize:
+            latent, codes, extra["commit"] = self.quantizer(latent)
+        if self.config.codec_type == "spectral":
+            magnitude, advance = self.decoder.spectrum(latent)
+            extra.update(self.decoder.supervision(wav, magnitude, advance))
+            recon = self.decoder.synthesize(magnitude, advance)
+        else:
+            recon = self.decoder(latent)
+        return recon[..., : wav.shape[-1]], codes, extra
 
     # --- weight norm: trainable form vs. folded inference form
 
@@ -624,7 +804,8 @@ class EncodecLite(nn.Module):
         return model.train() if train else model.fold_weight_norm().eval()
 
     def save_pretrained(self, path):
-        """config.json + model.safetensors, loadable by this class and by transformers.EncodecModel."""
+        """config.json + model.safetensors, loadable by this class and (SEANet codecs only: the spectral codec is
+        ours) by transformers.EncodecModel."""
         path = Path(path)
         checkpoints.save_config(self.config.to_hf(), path / "config.json")
         checkpoints.save_safetensors(self.hf_state_dict(), path / "model.safetensors")
@@ -672,7 +853,7 @@ class MelSpectrogram(nn.Module):
 
 
 class CodecLoss(nn.Module):
-    """Reconstruction losses: 0.1 * L1(waveform) + mean over window sizes of [L1(mel) + L1(log mel)].
+    """Reconstruction losses: time_weight (0.1) * L1(waveform) + mean over window sizes of [L1(mel) + L1(log mel)].
 
     EnCodec compares mel spectrograms at windows 2^5 .. 2^11 with L1 + L2 distances of the magnitudes, which weigh
     the loud parts. We keep the L1 term and add a log-mel term (as HiFi-GAN and DAC do), which weighs quiet partials,
@@ -696,8 +877,9 @@ class CodecLoss(nn.Module):
             mel = mel + F.l1_loss(my, mx) + F.l1_loss(my.clamp(min=self.floor).log(), mx.clamp(min=self.floor).log())
         return {"l1": F.l1_loss(y, x), "mel": mel / len(self.mels)}
 
-    def total(self, losses, commit):
-        return self.time_weight * losses["l1"] + losses["mel"] + commit
+    def total(self, losses, extra):
+        """extra: the codec's own losses (commitment; the spectral codec's phase and magnitude), weight 1 each."""
+        return self.time_weight * losses["l1"] + losses["mel"] + sum(extra.values())
 
 
 class STFTDiscriminator(nn.Module):
@@ -780,16 +962,18 @@ class CodecTrainer:
     def __init__(self, codec, lr=3e-4, adversarial=False):
         self.codec = codec.train()
         device = codec.device
-        self.loss = CodecLoss(codec.sample_rate).to(device)
+        # The spectral codec's phases start wherever they start: its waveform is not the input's, only its spectrum.
+        time_weight = 0.0 if codec.config.codec_type == "spectral" else 0.1
+        self.loss = CodecLoss(codec.sample_rate, time_weight=time_weight).to(device)
         self.opt = torch.optim.Adam(codec.parameters(), lr=lr, betas=(0.5, 0.9))
         self.disc = STFTDiscriminator().to(device) if adversarial else None
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9)) if adversarial else None
 
     def step(self, wav, quantize=True):  # wav [B, C, N] at codec.sample_rate
         wav = wav.to(self.codec.device)
-        recon, codes, commit = self.codec(wav, quantize)
+        recon, codes, extra = self.codec(wav, quantize)
         losses = self.loss(wav, recon)
-        total = self.loss.total(losses, commit)
+        total = self.loss.total(losses, extra)
         stats = {}
         if self.disc is not None:
             adv, feat = generator_adversarial_losses(self.disc, wav, recon)
@@ -805,8 +989,8 @@ class CodecTrainer:
             d_loss.backward()
             self.disc_opt.step()
             stats["disc"] = d_loss.item()
-        stats.update(loss=total.item(), l1=losses["l1"].item(), mel=losses["mel"].item(), commit=commit.item(),
-                     grad_norm=grad_norm.item())
+        stats.update(loss=total.item(), l1=losses["l1"].item(), mel=losses["mel"].item(), grad_norm=grad_norm.item(),
+                     **{name: value.item() for name, value in extra.items()})
         if codes is not None:
             stats.update(codebook_stats(codes, self.codec.codebook_size))
         return stats

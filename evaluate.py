@@ -9,7 +9,8 @@ The paper scores models with FAD, a KL over AudioSet classifier labels, the CLAP
 Those need large pretrained networks; here everything is small, offline and explainable:
 
 codec (held-out clips → encode → decode; paper §2.1):
-    SI-SNR            scale-invariant signal-to-noise ratio of the reconstruction, dB (higher is better)
+    SI-SNR            scale-invariant signal-to-noise ratio of the reconstruction, dB (higher is better; means
+                      nothing for the spectral codec, which keeps the spectrum but makes its own phases)
     mel distance      mean absolute difference of log-mel spectrograms, dB (lower is better)
     chroma agreement  share of chroma frames whose dominant pitch class is the same before and after the codec:
                       does the music keep its notes? (chroma.py's chromagram, ~0.5 s window; target ≥ 80 %)

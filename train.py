@@ -91,10 +91,10 @@ class TrainConfig:
     codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
     codec_clips_per_style: int = opt(60, "built-in corpus: the codec trains on the first N clips of each style (0 = "
                                          "all; a folder: always all): it needs less music than the LM (README)")
-    codec_steps: int = opt(1600, "codec training steps (more steps: more of the notes survive the codec)")
+    codec_steps: int = opt(2600, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
-    codec_lr: float = opt(1e-3, "codec Adam peak learning rate, cosine down to a tenth (2e-3 diverged)")
+    codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")
     codec_warmup: float = opt(0.3, "fraction of codec steps trained as a plain auto-encoder, before the RVQ is on")
     # text encoder (Paper §2.3)
     t5: str = opt("", "'' = train a small T5 from scratch; auto = t5-base from the HF cache if there; or a directory")
@@ -134,8 +134,8 @@ CONFIGS = {
     "small": TrainConfig(),
     # Unit tests: a dozen 3 s synthetic clips, everything tiny; the whole pipeline runs in seconds.
     "tiny": TrainConfig(
-        out_dir="out/tiny", data="synthetic", clip_seconds=3.0, codec="tiny", codec_steps=20, codec_batch=4,
-        codec_crop_seconds=0.5, vocab_size=100, lm="tiny", lm_dim=0, lm_layers=0, batch_size=4,
+        out_dir="out/tiny", data="synthetic", clip_seconds=3.0, codec="tiny-spectral", codec_steps=20,
+        codec_batch=4, codec_crop_seconds=0.5, vocab_size=100, lm="tiny", lm_dim=0, lm_layers=0, batch_size=4,
         segment_seconds=1.0, max_steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2, log_every=1, eval_every=3,
         eval_batches=1, ckpt_every=3, samples=1, sample_seconds=1.0),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, a 25M LM, 10 s windows).
