@@ -37,6 +37,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import audio
 import checkpoints
+from chroma import chroma_filter_bank
 
 # ----------------------------------------------------------------------------- config
 
@@ -459,6 +460,7 @@ class SpectralDecoder(nn.Module):
         bins, width = self.n_fft // 2 + 1, 4 * c.hidden_size
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
+        self.register_buffer("chroma", chroma_filter_bank(c.sampling_rate, self.n_fft), persistent=False)  # [12, F]
         self.inp = nn.Conv1d(c.hidden_size, width, 3, padding=1)
         self.lstm = LSTM(width, c.num_lstm_layers)
         self.blocks = nn.ModuleList(FrameBlock(width, d) for d in (1, 2, 4, 1))
@@ -487,9 +489,9 @@ class SpectralDecoder(nn.Module):
         return self.synthesize(*self.spectrum(latent))
 
     def supervision(self, wav, magnitude, advance):
-        """Direct losses against the input's own STFT: log-magnitude L1, spectral convergence, and 1 - cos of the
-        phase-advance error weighted by each bin's share of the frame's energy (only the advances of loud bins
-        matter)."""
+        """Direct losses against the input's own STFT: log-magnitude L1, spectral convergence, pitch-class profile,
+        and 1 - cos of the phase-advance error weighted by each bin's share of the frame's energy (only the advances
+        of loud bins matter)."""
         spec = torch.stft(wav[:, 0], self.n_fft, self.hop, window=self.window, pad_mode="constant",
                           return_complex=True)[..., : magnitude.shape[-1]]
         target = spec.abs()  # [B, F, T]
@@ -503,7 +505,19 @@ class SpectralDecoder(nn.Module):
         # quiet bins between them. With it the auto-encoder keeps far more of the notes (README: the spectral codec).
         convergence = (torch.linalg.norm(magnitude - target, dim=(1, 2))
                        / (torch.linalg.norm(target, dim=(1, 2)) + 1e-6)).mean()
-        return {"phase": phase, "magnitude": log_magnitude, "convergence": 3 * convergence}
+        return {"phase": phase, "magnitude": log_magnitude, "convergence": 10 * convergence,
+                "chroma": self.pitch_class_loss(magnitude, target)}
+
+    def pitch_class_loss(self, magnitude, target):
+        """How differently the two spectra [B, F, T] share each frame's energy among the 12 pitch classes (chroma.py's
+        filter bank): L1 between the shares, each frame weighted by its part of the input's energy (silence counts
+        for nothing). The notes of a chord are what the music is; a small error in how loud each partial is can
+        move which pitch class dominates, and this loss says so directly."""
+        target_classes = torch.einsum("cf,bft->bct", self.chroma, target.square())  # [B, 12, T]
+        classes = torch.einsum("cf,bft->bct", self.chroma, magnitude.square())
+        share = lambda x: x / (x.sum(dim=1, keepdim=True) + 1e-6)  # noqa: E731
+        frame_weight = target_classes.sum(dim=1) / (target_classes.sum(dim=(1, 2))[:, None] + 1e-6)  # [B, T]
+        return (frame_weight * (share(classes) - share(target_classes)).abs().sum(dim=1)).sum(dim=-1).mean()
 
 
 # ----------------------------------------------------------------------------- residual vector quantisation (§4.7)
