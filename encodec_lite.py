@@ -503,8 +503,8 @@ class SpectralDecoder(nn.Module):
         # Spectral convergence (Arik et al. 2019): the error's energy relative to the input's, so the few loud bins
         # of the partials, which carry the notes, weigh most; the log term above spends itself on the hundreds of
         # quiet bins between them. With it the auto-encoder keeps far more of the notes (README: the spectral codec).
-        convergence = (torch.linalg.norm(magnitude - target, dim=(1, 2))
-                       / (torch.linalg.norm(target, dim=(1, 2)) + 1e-6)).mean()
+        # Over the whole batch, not per crop: a silent crop (a rest) would divide by ~0 and blow the loss up.
+        convergence = torch.linalg.norm(magnitude - target) / (torch.linalg.norm(target) + 1e-6)
         return {"phase": phase, "magnitude": log_magnitude, "convergence": 10 * convergence,
                 "chroma": self.pitch_class_loss(magnitude, target)}
 
