@@ -88,10 +88,11 @@ class TrainConfig:
     clip_seconds: float = opt(10.0, "length of each built-in / synthetic clip")
     clips_per_style: int = opt(CLIPS_PER_STYLE, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
-    codec: str = opt("small", "an encodec_lite preset to train (tiny/small), or a directory / hub id to load")
+    codec: str = opt("small", "an encodec_lite preset to train (small: spectral; small-seanet, tiny, "
+                                 "tiny-spectral), or a directory / hub id to load")
     codec_clips_per_style: int = opt(60, "built-in corpus: the codec trains on the first N clips of each style (0 = "
                                          "all; a folder: always all): it needs less music than the LM (README)")
-    codec_steps: int = opt(2600, "codec training steps (more steps: more of the notes survive the codec)")
+    codec_steps: int = opt(3000, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
     codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")

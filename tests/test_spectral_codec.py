@@ -102,17 +102,17 @@ def test_tiny_spectral_codec_trains():
     torch.manual_seed(0)
     codec = EncodecLite(EncodecConfig.preset("tiny-spectral"))
     clip = music_like(8000, 8000, batch=4, seed=7)
-    history = train_codec(codec, lambda step: clip, steps=40, lr=3e-3, log_every=10, warmup=10)
-    # Logged every 10 steps (the RVQ comes on at step 10, and lr 3e-3 is noisy): each loss term's best after the
-    # first log against the first. Measured: loss 13.1 -> 11.0, magnitude 1.50 -> 0.73, phase 0.88 -> 0.78,
-    # convergence (x 10) 8.9 -> 7.8, chroma 0.95 -> 0.82.
-    first, later = history[0], history[1:]
-    best = {term: min(h[term] for h in later) for term in ("loss", "magnitude", "phase", "convergence", "chroma")}
-    assert best["loss"] < 0.9 * first["loss"], history
-    assert best["magnitude"] < 0.8 * first["magnitude"], history
-    assert best["phase"] < 0.95 * first["phase"], history
-    assert best["convergence"] < first["convergence"] and best["chroma"] < first["chroma"], history
-    assert history[-1]["commit"] > 0 and "ppl0" in history[-1]
+    history = train_codec(codec, lambda step: clip, steps=80, lr=1e-3, log_every=10, warmup=20)
+    # Every loss term falls, the RVQ on from step 20. Measured, first -> last log (2 threads; 1 thread rounds
+    # differently): loss 14.9 -> 9.2, magnitude 1.88 -> 0.62, phase 0.65 -> 0.35, convergence (x 10) 8.6 -> 6.2,
+    # chroma (x 3) 2.88 -> 1.33.
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.75 * first["loss"], history
+    assert last["magnitude"] < 0.5 * first["magnitude"], history
+    assert last["phase"] < 0.7 * first["phase"], history
+    assert last["convergence"] < 0.85 * first["convergence"], history
+    assert last["chroma"] < 0.6 * first["chroma"], history
+    assert last["commit"] > 0 and "ppl0" in last
 
 
 def test_spectral_codec_saves_and_loads(tmp_path):
