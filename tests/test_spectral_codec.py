@@ -38,8 +38,8 @@ def true_spectrum(decoder, wav):
 
 def test_true_magnitudes_and_advances_resynthesise_the_notes():
     # The decoder's representation itself, fed the input's own magnitudes and phase advances: the phases are
-    # re-integrated from zero, so the waveform differs, but the notes survive (on the rendered corpus: 96.6 % chroma
-    # agreement, against 75.4 % without phase locking).
+    # re-integrated from zero, so the waveform differs, but the notes survive (on the laptop corpus's 54 held-out
+    # clips: 97.5 % chroma agreement, against 84.3 % without phase locking).
     decoder = small_decoder()
     wav = music_like(2 * SR, SR, seed=3)
     out = decoder.synthesize(*true_spectrum(decoder, wav))[..., : wav.shape[-1]]
