@@ -377,6 +377,12 @@ class Decoder(nn.Module):
 # input's (SI-SNR means nothing for this codec; mel distance and chroma agreement do).
 
 
+def frame_stft(wav, n_fft, hop, window, frames):
+    """wav [B, 1, N] -> complex STFT [B, F, frames], frame t centred on sample t * hop; silence beyond the ends
+    (constant padding: reflecting a note back would invent music that is not there)."""
+    return torch.stft(wav[:, 0], n_fft, hop, window=window, pad_mode="constant", return_complex=True)[..., :frames]
+
+
 def phase_advance(spec):
     """Complex STFT [B, F, T] -> phase advance of each bin from the previous frame, in (-pi, pi] [B, F, T].
     Frame 0 has no predecessor and takes frame 1's advance (a single frame: 0)."""
@@ -434,14 +440,10 @@ class SpectralEncoder(nn.Module):
         self.lstm = LSTM(width, c.num_lstm_layers)
         self.out = nn.Conv1d(width, c.hidden_size, 3, padding=1)
 
-    def stft(self, wav, n_fft, window, frames):  # [B, 1, N] -> [B, F, frames]; silence beyond the ends
-        return torch.stft(wav[:, 0], n_fft, self.hop, window=window, pad_mode="constant",
-                          return_complex=True)[..., :frames]
-
     def forward(self, wav):
         frames = math.ceil(wav.shape[-1] / self.hop)
-        long = self.stft(wav, self.long_fft, self.long_window, frames).abs()
-        spec = self.stft(wav, self.n_fft, self.window, frames)  # [B, F, T]
+        long = frame_stft(wav, self.long_fft, self.hop, self.long_window, frames).abs()
+        spec = frame_stft(wav, self.n_fft, self.hop, self.window, frames)  # [B, F, T]
         offset = phase_advance(spec) - self.centre[:, None]  # where in its bin each partial sits
         loudness = (spec.abs() / (spec.abs().amax(dim=1, keepdim=True) + 1e-6)).sqrt()
         x = torch.cat([torch.log(long + 1e-4) / 4, torch.log(spec.abs() + 1e-4) / 4,
@@ -494,8 +496,7 @@ class SpectralDecoder(nn.Module):
         """Direct losses against the input's own STFT: log-magnitude L1, spectral convergence, pitch-class profile,
         and 1 - cos of the phase-advance error weighted by each bin's share of the frame's energy (only the advances
         of loud bins matter)."""
-        spec = torch.stft(wav[:, 0], self.n_fft, self.hop, window=self.window, pad_mode="constant",
-                          return_complex=True)[..., : magnitude.shape[-1]]
+        spec = frame_stft(wav, self.n_fft, self.hop, self.window, magnitude.shape[-1])
         target = spec.abs()  # [B, F, T]
         weight = target / (target.sum(dim=1, keepdim=True) + 1e-6)
         phase = (weight * (1 - torch.cos(advance - phase_advance(spec))))[..., 1:].sum(dim=1).mean()

@@ -8,7 +8,8 @@ import math
 import torch
 
 import evaluate
-from encodec_lite import (EncodecConfig, EncodecLite, SpectralDecoder, lock_phases, phase_advance, train_codec)
+from encodec_lite import (EncodecConfig, EncodecLite, SpectralDecoder, frame_stft, lock_phases, phase_advance,
+                          train_codec)
 from tests.test_encodec import music_like
 
 SR = 16000
@@ -31,8 +32,7 @@ def small_decoder():
 
 
 def true_spectrum(decoder, wav):
-    spec = torch.stft(wav[:, 0], decoder.n_fft, decoder.hop, window=decoder.window, pad_mode="constant",
-                      return_complex=True)[..., : math.ceil(wav.shape[-1] / decoder.hop)]
+    spec = frame_stft(wav, decoder.n_fft, decoder.hop, decoder.window, math.ceil(wav.shape[-1] / decoder.hop))
     return spec.abs(), phase_advance(spec)
 
 
