@@ -92,7 +92,7 @@ class TrainConfig:
                                  "tiny-spectral), or a directory / hub id to load")
     codec_clips_per_style: int = opt(60, "built-in corpus: the codec trains on the first N clips of each style (0 = "
                                          "all; a folder: always all): it needs less music than the LM (README)")
-    codec_steps: int = opt(3000, "codec training steps (more steps: more of the notes survive the codec)")
+    codec_steps: int = opt(4000, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.5, "codec training crop length (EnCodec: 1 s; 16 x 0.5 s learn faster than 8 x 1 s)")
     codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")
@@ -386,8 +386,8 @@ def train_codec(cfg, clips, proc):
                 raise TrainingError(f"Codec loss is {stats['loss']} at step {step}. Lower --codec_lr and rerun "
                                     f"(it resumes from {ckpt_path} if one was saved).")
             bar.update()
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", mel=f"{stats['mel']:.3f}",
-                            ppl="/".join(f"{stats.get(f'ppl{q}', 0):.0f}" for q in range(codec.num_codebooks)))
+            shown = {k: f"{stats[k]:.3f}" for k in ("loss", "mel", "chroma") if k in stats}  # mel: SEANet only
+            bar.set_postfix(**shown, ppl="/".join(f"{stats.get(f'ppl{q}', 0):.0f}" for q in range(codec.num_codebooks)))
             done = step + 1
             if done % cfg.log_every == 0:
                 log(out / "codec_log.jsonl", step=done, **stats)
