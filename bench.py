@@ -102,7 +102,8 @@ def bench_encodec(args, seconds=10.0):
         t_theirs = min(t_theirs, median_time(theirs_fn, repeat=3, warmup=1))
         t_ours = min(t_ours, median_time(ours_fn, repeat=3, warmup=1))
     report(f"encode+decode {seconds:g} s @ 32 kHz", t_ours, t_theirs)
-    print(f"  real-time factor: ours {seconds / t_ours:.1f}x, transformers {seconds / t_theirs:.1f}x faster than real time")
+    print(f"  real-time factor: ours {seconds / t_ours:.1f}x, transformers {seconds / t_theirs:.1f}x "
+          "faster than real time")
 # --- end section: encodec ---
 
 
@@ -153,13 +154,13 @@ def _time_generation(kind, model_dir, threads, repeat):
     mask = torch.ones_like(ids)
     if kind == "ours":
         import musicgen
-        from t5_encoder import T5Encoder
 
-        text_encoder, lm = T5Encoder.from_pretrained(model_dir).eval(), musicgen.LM.from_pretrained(model_dir)
+        mg = musicgen.MusicGen.from_pretrained(model_dir)
+        text_encoder, lm = mg.text_encoder, mg.lm
 
         def run():
             with torch.inference_mode():
-                musicgen.generate(lm, text_encoder(ids, mask), mask, GEN_FRAMES, cfg_coef=3.0, greedy=True)
+                musicgen.generate(lm, text_encoder(ids, mask), mask, GEN_FRAMES, cfg_coef=3.0, temperature=0)
     else:
         import types
 

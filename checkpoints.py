@@ -10,6 +10,24 @@ checkpoints and saves its own in the same layout, so one small set of helpers se
     load_into(module, state_dict)     copy tensors into a module; missing, unexpected or misshapen tensors are
                                       listed by name instead of failing deep inside torch
     save_safetensors / atomic_torch_save   write files so that a crash never leaves half a file behind
+    uninitialised(cls, config)             a module to load into, without the cost of a random init
+
+The Hugging Face MusicGen layout: one directory, as transformers' MusicgenForConditionalGeneration reads it
+(musicgen.py holds the models and calls these helpers; this file holds the names):
+
+    config.json              one block per part: text_encoder (T5), audio_encoder (EnCodec), decoder (the LM)
+                             musicgen_config, read_musicgen_config, lm_config_from_hf / lm_config_to_hf
+    model.safetensors        one name prefix per part: text_encoder.*, audio_encoder.*, the LM's decoder.* ...
+                             musicgen_state_dict, take, lm_state_dict_from_hf / lm_state_dict_to_hf
+    generation_config.json   the sampling defaults: the window (max_length), top_k, guidance_scale
+                             generation_from_hf / generation_to_hf
+    spiece.model             the T5 tokenizer's vocabulary (t5_encoder.T5Tokenizer)
+                             save_musicgen writes the first three
+
+Training checkpoints:
+
+    save_checkpoint / load_checkpoint      train.py's resume files: the state of every part of a training stage
+    log / keep_log_until                   ... and its log, one JSON line per logged step
 """
 
 import json
@@ -19,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+# Appended to every "model not found" error: this project never downloads, so it says how to.
 HF_HUB_HINT = (
     "Download it once on a machine with network access, e.g.\n"
     "    huggingface-cli download {repo} --local-dir {dir}\n"
@@ -35,19 +54,20 @@ class CheckpointError(ValueError):
 
 def hf_cache_dir():
     """The Hugging Face hub cache, honouring the same environment variables as huggingface_hub."""
-    if os.environ.get("HF_HUB_CACHE"):
+    if os.environ.get("HF_HUB_CACHE"):  # the hub cache itself
         return Path(os.environ["HF_HUB_CACHE"])
     hf_home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-    return Path(hf_home) / "hub"
+    return Path(hf_home) / "hub"  # HF_HOME (default ~/.cache/huggingface) holds the hub cache in hub/
 
 
 def find_in_hf_cache(repo_id):
     """The newest snapshot directory of `repo_id` (e.g. 'facebook/musicgen-small') in the HF cache, or None."""
+    # the hub's layout: models--<org>--<name>/snapshots/<commit hash>/ holds the files of each downloaded revision
     snapshots = hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     if not snapshots.is_dir():
         return None
-    candidates = [p for p in snapshots.iterdir() if (p / "config.json").exists()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    candidates = [p for p in snapshots.iterdir() if (p / "config.json").exists()]  # complete snapshots only
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None  # the newest
 
 
 def resolve_model_dir(name_or_path):
@@ -55,11 +75,11 @@ def resolve_model_dir(name_or_path):
 
     Nothing is ever downloaded: a repo id that is not in the cache raises with instructions."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if path.is_dir():  # a path on disk wins over a hub id of the same name
         return path
     if path.exists():
         raise CheckpointError(f"{name_or_path} is a file; expected a model directory holding config.json.")
-    cached = find_in_hf_cache(str(name_or_path)) if "/" in str(name_or_path) else None
+    cached = find_in_hf_cache(str(name_or_path)) if "/" in str(name_or_path) else None  # hub ids are "org/name"
     if cached is not None:
         return cached
     raise CheckpointError(
@@ -77,12 +97,14 @@ def read_config(model_dir):
             + HF_HUB_HINT.format(repo="<repo id>", dir=model_dir)
         )
     with open(path) as f:
-        return json.load(f)
+        return json.load(f)  # the model's sizes, in the Hugging Face names
 
 
 # ----------------------------------------------------------------------------- reading weights
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# the names a Hugging Face model directory may hold its weights under, in order of preference
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def weight_files(model_dir):
@@ -92,14 +114,14 @@ def weight_files(model_dir):
         path = model_dir / name
         if not path.exists():
             continue
-        if name.endswith(".index.json"):
+        if name.endswith(".index.json"):  # large models: an index maps each tensor name to its shard file
             with open(path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+                shards = sorted(set(json.load(f)["weight_map"].values()))  # each shard once
             missing = [s for s in shards if not (model_dir / s).exists()]
             if missing:
                 raise CheckpointError(f"{path} names shards that are not on disk: {', '.join(missing)}")
             return [model_dir / s for s in shards]
-        return [path]
+        return [path]  # the first name found: safetensors before the older pickled .bin
     raise CheckpointError(
         f"No weights in {model_dir}: expected one of {', '.join(WEIGHT_FILES)}.\n"
         + HF_HUB_HINT.format(repo="<repo id>", dir=model_dir)
@@ -109,11 +131,11 @@ def weight_files(model_dir):
 def read_weight_file(path):
     """All tensors of one .safetensors or .bin file, on the CPU."""
     path = str(path)
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors"):  # a flat table of tensors: safe to read, no code in it
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)  # a pickle: weights_only refuses code in it
 
 
 def load_state_dict(model_dir, prefix=""):
@@ -121,16 +143,17 @@ def load_state_dict(model_dir, prefix=""):
 
     prefix='' returns everything; prefix='text_encoder.' picks the T5 part of a MusicGen checkpoint."""
     tensors = {}
-    for path in weight_files(model_dir):
+    for path in weight_files(model_dir):  # one file, or every shard in turn
         for name, tensor in read_weight_file(path).items():
             if name.startswith(prefix):
-                tensors[name[len(prefix):]] = tensor
+                tensors[name[len(prefix):]] = tensor  # e.g. "text_encoder.encoder.block.0..." -> "encoder.block.0..."
     if prefix and not tensors:
         raise CheckpointError(f"No tensor in {model_dir} starts with '{prefix}'.")
     return tensors
 
 
 def _listing(names, limit=20):
+    """'a, b, c, ... (n more)': enough names to see the pattern, not a page of them."""
     names = sorted(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -140,10 +163,10 @@ def load_into(module, state_dict, source="checkpoint", ignore=()):
     """Copy `state_dict` into `module` strictly, with readable errors.
 
     ignore: names present in checkpoints that we do not need (e.g. a tied duplicate or a cached table)."""
-    expected = module.state_dict()
+    expected = module.state_dict()  # the names and shapes the module's config implies
     given = {k: v for k, v in state_dict.items() if k not in set(ignore)}
-    missing = set(expected) - set(given)
-    unexpected = set(given) - set(expected)
+    missing = set(expected) - set(given)  # usually: the config describes a bigger model than the file
+    unexpected = set(given) - set(expected)  # usually: another model's file, or a renamed layer
     problems = []
     if missing:
         problems.append(f"missing tensors ({len(missing)}): {_listing(missing)}")
@@ -161,8 +184,18 @@ def load_into(module, state_dict, source="checkpoint", ignore=()):
             f"{source} does not match {type(module).__name__}'s config:\n  " + "\n  ".join(problems)
             + "\nCheck that config.json belongs to these weights."
         )
-    module.load_state_dict(given, strict=True)
+    module.load_state_dict(given, strict=True)  # everything checked above: this cannot fail half-way
     return module
+
+
+def uninitialised(cls, config):
+    """cls(config) with its tensors allocated but not initialised, to load a checkpoint into: random init of the
+    ~0.5 B numbers of musicgen-small's T5 and LM takes most of a minute on a CPU, and load_into overwrites (and
+    checks) every one of them. Only for modules whose every tensor is in the checkpoint (no buffer that is not
+    saved, which would stay garbage) and whose constructor computes nothing from its tensors."""
+    with torch.device("meta"):  # shapes only, no memory
+        module = cls(config)
+    return module.to_empty(device="cpu")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -173,17 +206,19 @@ def atomic_write(path, write_fn):
     kill) see either the old complete file or the new complete file, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary file sits beside the target: the same file system, so the rename below is atomic
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
+    os.close(fd)  # write_fn opens the file by name
     try:
         write_fn(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # atomic on POSIX and Windows: the old file or the new one, never a mix
     finally:
-        if os.path.exists(tmp):
+        if os.path.exists(tmp):  # write_fn failed: leave no temporary behind
             os.remove(tmp)
 
 
 def atomic_torch_save(obj, path):
+    """torch.save through atomic_write: a run killed while saving keeps its previous checkpoint."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -191,9 +226,216 @@ def save_safetensors(state_dict, path):
     """Save tensors as safetensors (contiguous copies; tied tensors are stored once per name)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}  # safetensors refuses shared memory
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
 
 def save_config(config_dict, path):
+    """config.json, indented as the Hugging Face files are."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(config_dict, indent=2) + "\n"))
+
+
+# ----------------------------------------------------------------------------- the Hugging Face MusicGen layout
+# The T5 and EnCodec blocks and tensors are those parts' own (t5_encoder.py, encodec_lite.py); the LM's follow here.
+
+LM_CONFIG_NAMES = {  # LMConfig field -> its name in the `decoder` block of config.json (N is HF's vocab_size)
+    "num_codebooks": "num_codebooks", "card": "vocab_size", "dim": "hidden_size", "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads", "ffn_dim": "ffn_dim", "max_positions": "max_position_embeddings",
+    "activation": "activation_function", "dropout": "dropout",
+}
+MUSICGEN_PARTS = ("text_encoder", "audio_encoder", "decoder")  # the blocks of config.json
+
+
+def lm_config_from_hf(config):
+    """LMConfig's fields (a dict) from a whole MusicGen config.json: its `decoder` block, the T5 width, and a melody
+    model's top-level num_chroma and chroma_length (absent: LMConfig's defaults, the released melody model's)."""
+    decoder = config["decoder"]
+    if decoder.get("audio_channels", 1) != 1:
+        raise CheckpointError("Only mono MusicGen checkpoints are supported (decoder.audio_channels = 1).")
+    fields = {ours: decoder[hf] for ours, hf in LM_CONFIG_NAMES.items() if hf in decoder}
+    fields.update({key: config[key] for key in ("num_chroma", "chroma_length") if key in config})
+    # the melody model prepends its conditions instead of cross-attending to them (musicgen.LM)
+    melody = decoder.get("model_type") == "musicgen_melody_decoder"
+    return dict(fields, cross_attention=not melody, text_dim=config["text_encoder"]["d_model"])
+
+
+def lm_config_to_hf(fields):
+    """The `decoder` block of config.json from LMConfig's fields (text_dim goes into the text_encoder block)."""
+    model_type = "musicgen_decoder" if fields["cross_attention"] else "musicgen_melody_decoder"
+    decoder = {hf: fields[ours] for ours, hf in LM_CONFIG_NAMES.items()}
+    # every other field keeps transformers' default, which is what the released decoders use (no other dropout,
+    # unscaled embeddings, mono); the special token N pads and starts every sequence
+    return {"model_type": model_type, **decoder, "pad_token_id": fields["card"], "bos_token_id": fields["card"]}
+
+
+def musicgen_config(text_encoder, audio_encoder, lm):
+    """The whole config.json from the three parts' configs (T5Config, EncodecConfig, LMConfig: each has to_hf)."""
+    config = {"architectures": ["MusicgenForConditionalGeneration"], "model_type": "musicgen",
+              "is_encoder_decoder": True, "text_encoder": text_encoder.to_hf(), "audio_encoder": audio_encoder.to_hf(),
+              "decoder": lm.to_hf()}
+    if not lm.cross_attention:  # what transformers' MusicgenMelodyForConditionalGeneration reads
+        config.update(architectures=["MusicgenMelodyForConditionalGeneration"], model_type="musicgen_melody",
+                      num_chroma=lm.num_chroma, chroma_length=lm.chroma_length)
+    return config
+
+
+def read_musicgen_config(model_dir):
+    """config.json of a MusicGen directory, or a CheckpointError saying what kind of directory is expected."""
+    config = read_config(model_dir)
+    missing = [part for part in MUSICGEN_PARTS if part not in config]
+    if missing:
+        raise CheckpointError(f"{model_dir} is not a MusicGen checkpoint: its config.json lacks "
+                              f"{', '.join(missing)}. Expected a Hugging Face MusicGen directory (config.json "
+                              "with text_encoder, audio_encoder and decoder blocks, model.safetensors, "
+                              "spiece.model), e.g. facebook/musicgen-small, or one written by train.py.")
+    return config
+
+
+# our LM module prefix -> its tensor-name prefix in model.safetensors; inside a layer every name is HF's own
+LM_TENSOR_NAMES = {
+    "condition_proj.": "enc_to_dec_proj.",
+    "chroma_proj.": "audio_enc_to_dec_proj.",  # melody models
+    "embed.": "decoder.model.decoder.embed_tokens.",
+    "layers.": "decoder.model.decoder.layers.",
+    "out_norm.": "decoder.model.decoder.layer_norm.",
+    "heads.": "decoder.lm_heads.",
+}
+LM_IGNORED = ("decoder.model.decoder.embed_positions.weights",)  # a cached copy of the sinusoids (older files)
+
+
+def rename(name, prefixes):
+    """`name` with the first matching prefix of {old: new} replaced (unchanged when none matches)."""
+    for old, new in prefixes.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def lm_state_dict_to_hf(state_dict):
+    """The LM's tensors under their names in a Hugging Face MusicGen checkpoint."""
+    return {rename(name, LM_TENSOR_NAMES): tensor for name, tensor in state_dict.items()}
+
+
+def lm_state_dict_from_hf(state_dict):
+    """HF-named LM tensors (decoder.*, enc_to_dec_proj.*, a melody model's audio_enc_to_dec_proj.*) -> our names."""
+    back = {hf: ours for ours, hf in LM_TENSOR_NAMES.items()}
+    return {rename(name, back): tensor for name, tensor in state_dict.items() if name not in LM_IGNORED}
+
+
+def musicgen_state_dict(text_encoder, audio_encoder, lm):
+    """Every tensor of a MusicGen under its name in model.safetensors: each part's own HF names (its
+    hf_state_dict), under the part's prefix; the LM's names carry their own (LM_TENSOR_NAMES)."""
+    parts = {"text_encoder.": text_encoder, "audio_encoder.": audio_encoder, "": lm}
+    return {prefix + name: tensor for prefix, part in parts.items() for name, tensor in part.hf_state_dict().items()}
+
+
+def take(tensors, prefix):
+    """Remove and return the tensors under `prefix`, prefix stripped (so each part's memory is freed early)."""
+    names = [name for name in tensors if name.startswith(prefix)]
+    return {name[len(prefix) :]: tensors.pop(name) for name in names}
+
+
+def generation_from_hf(model_dir, num_codebooks):
+    """MusicGen's generation defaults from generation_config.json, None where it does not say: context_frames
+    (the window, from max_length = T + K steps: 1500 for the released models, i.e. their 30 s training crops),
+    top_k and guidance (guidance_scale)."""
+    path = Path(model_dir) / "generation_config.json"
+    generation = json.loads(path.read_text()) if path.exists() else {}
+    max_length = generation.get("max_length")
+    return {"context_frames": max_length - num_codebooks if max_length else None, "top_k": generation.get("top_k"),
+            "guidance": generation.get("guidance_scale")}
+
+
+def generation_to_hf(special, num_codebooks, context_frames, top_k, guidance):
+    """generation_config.json: sampling with the model's top_k and guidance, sequences of at most the window
+    (T + K steps; 1500 without one, as released), every sequence padded and started with the special token."""
+    return {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
+            "do_sample": True, "guidance_scale": guidance, "top_k": top_k,
+            "max_length": context_frames + num_codebooks if context_frames else 1500}
+
+
+def save_musicgen(model_dir, config, generation, tensors):
+    """config.json, generation_config.json and model.safetensors of a MusicGen directory (the tokenizer writes its
+    own spiece.model beside them)."""
+    model_dir = Path(model_dir)
+    save_config(config, model_dir / "config.json")
+    save_config(generation, model_dir / "generation_config.json")
+    save_safetensors(tensors, model_dir / "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- train.py's checkpoints
+# A training checkpoint (ckpt.pt, codec_ckpt.pt) is one torch file: {"step", one state_dict per part (models,
+# optimiser), "config": the TrainConfig, "architecture": a plain description of the models}. The description lets a
+# resume refuse a checkpoint of other models with a list of what differs, instead of a wall of shape errors.
+
+
+def save_checkpoint(path, step, parts, architecture, config):
+    """Write {"step", part name: its state_dict() (None for a part that is None), "config", "architecture"}, atomically
+    (a run killed while saving keeps its previous checkpoint)."""
+    states = {name: part.state_dict() if part is not None else None for name, part in parts.items()}
+    atomic_torch_save({"step": step, **states, "config": config, "architecture": plain(architecture)}, path)
+
+
+def load_checkpoint(path, architecture, parts):
+    """Read a checkpoint written by save_checkpoint, check it describes `architecture`, load each part that is not
+    None (a frozen, pretrained text encoder is not saved) -> the checkpoint dict (its "step", "config"...)."""
+    checkpoint = read_checkpoint(path)
+    check_architecture(checkpoint, architecture, path)  # before any tensor is copied: all or nothing
+    for name, part in parts.items():
+        try:
+            if part is not None:
+                part.load_state_dict(checkpoint[name])  # strict: every tensor, each of the right shape
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its {name} state does not fit this model ({e}). Delete it to start "
+                                  "over.") from None
+    return checkpoint
+
+
+def read_checkpoint(path):
+    """A training checkpoint as a dict, or a CheckpointError saying the file is damaged and what to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: never runs pickled code
+    except Exception as e:  # truncated file, not a torch file, pickled junk...
+        raise CheckpointError(
+            f"Cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). It is corrupt "
+            "or not a checkpoint of train.py. Delete it to start this stage over, or use another --out_dir."
+        ) from None
+
+
+def read_step(path):
+    """The step a training checkpoint was saved at."""
+    return read_checkpoint(path).get("step")
+
+
+def plain(description):
+    """Tuples -> lists etc., so a description compares equal to itself after a save / load round trip."""
+    return json.loads(json.dumps(description))
+
+
+def check_architecture(checkpoint, architecture, path):
+    """The checkpoint must describe the same models as `architecture` ({part: {key: value}}), or nothing is loaded:
+    the error lists each differing key. Training settings may change; train.py only notices them."""
+    saved = checkpoint.get("architecture") if isinstance(checkpoint, dict) else None  # None: some other torch file
+    if saved is None:
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (no 'architecture' entry). Delete it "
+                              "or use another --out_dir.")
+    # one line per differing key, e.g. "lm.num_layers: checkpoint 4 vs now 6"
+    diffs = [f"{part}.{k}: checkpoint {saved.get(part, {}).get(k)!r} vs now {v!r}"
+             for part, now in plain(architecture).items() for k, v in now.items() if saved.get(part, {}).get(k) != v]
+    if diffs:
+        raise CheckpointError(
+            f"{path} was written for a different model, so it cannot be resumed:\n  " + "\n  ".join(diffs[:12])
+            + "\nUse the settings it was made with, another --out_dir, or delete the checkpoint to start over.")
+
+
+def log(path, **row):
+    """Append one JSON line to a training log (log.jsonl, codec_log.jsonl)."""
+    with open(path, "a") as f:  # append: a resumed run goes on writing the same file
+        f.write(json.dumps(row) + "\n")
+
+
+def keep_log_until(path, step):
+    """On resume, drop log lines from after the checkpoint (steps that will be redone), so the log reads as one run."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]  # kept
+        path.write_text("".join(row + "\n" for row in rows))

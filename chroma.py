@@ -26,6 +26,11 @@ reference and keeps only the "vocals" and "other" stems, because drums and bass 
 what Hugging Face transformers does: the chroma is computed on the raw mix you pass in. If your reference has loud
 drums or bass, separate it yourself first (any Demucs build) and pass vocals + other. Everything after that step is
 identical to both references.
+
+References: audiocraft `audiocraft/modules/chroma.py` (the chroma extractor of the released melody model) and
+`audiocraft/modules/conditioners.py` (its length handling); transformers
+`models/musicgen_melody/feature_extraction_musicgen_melody.py` and `modeling_musicgen_melody.py`, which the parity
+tests compare against; the filter bank is librosa's `librosa.filters.chroma`, which both of them use.
 """
 
 import argparse
@@ -38,7 +43,7 @@ import torch
 
 import audio
 
-# --- constants of the released melody model (facts §6.1) --------------------------------------------------------------
+# --- constants of the released melody model (audiocraft's chroma extractor, transformers' feature extractor) --------
 SAMPLE_RATE = 32_000  # the melody is heard at the EnCodec rate
 N_FFT = 2**14  # 16384 samples ≈ 0.5 s window (Paper §3.1: "window size of 2^14")
 HOP_LENGTH = N_FFT // 4  # 4096 samples (Paper §3.1: "hop size of 2^12") → 32000 / 4096 = 7.8125 chroma frames/s
@@ -52,7 +57,11 @@ PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"
 # --- the chroma filter bank -------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def chroma_filter_bank(sample_rate=SAMPLE_RATE, n_fft=N_FFT):
-    """Weights [12, n_fft // 2 + 1] that sum the power of each FFT bin into the 12 pitch classes (librosa's design).
+    """Weights [12, n_fft // 2 + 1] that sum the power of each FFT bin into the 12 pitch classes.
+
+    The design of librosa's `librosa.filters.chroma` at its defaults (tuning 0, octave centre 5, octave width 2,
+    unit L2 norm per bin, C first), which audiocraft calls and transformers re-implements
+    (`audio_utils.chroma_filter_bank`).
 
     Every FFT bin j (frequency j * sr / n_fft) sits at some fractional position on the 12-per-octave pitch scale;
     it gives its energy to the pitch classes near that position through a Gaussian bump that wraps around the octave.
@@ -84,8 +93,9 @@ def chroma_filter_bank(sample_rate=SAMPLE_RATE, n_fft=N_FFT):
 def power_spectrogram(wav, n_fft=N_FFT, hop_length=None):
     """|STFT|^2 of mono audio [B, N] → [B, n_fft // 2 + 1, frames], frames = 1 + max(N, n_fft) // hop_length.
 
-    Periodic Hann window, centred frames with reflect padding, scaled by 1 / sqrt(sum(w^2)) (facts §6.2). The scale
-    cannot change the argmax; we keep it so the soft chroma has the references' values too."""
+    Periodic Hann window, centred frames with reflect padding, scaled by 1 / sqrt(sum(w^2)): torchaudio's
+    `Spectrogram(normalized=True)`, which audiocraft's chroma extractor uses. The scale cannot change the argmax;
+    it is kept so that the soft chroma has the references' values too."""
     hop_length = hop_length or n_fft // 4
     if wav.shape[-1] < n_fft:  # too short for one window: centre it in n_fft samples of silence
         pad = n_fft - wav.shape[-1]
@@ -110,7 +120,8 @@ def chromagram(wav, sample_rate, argmax=True, target_rate=SAMPLE_RATE, n_fft=N_F
         power = power_spectrogram(wav, n_fft, hop_length)  # [B, F, frames]
         filters = chroma_filter_bank(target_rate, n_fft).to(wav.device)  # [12, F]
         chroma = torch.einsum("cf,bft->btc", filters, power)  # [B, frames, 12]
-    chroma = chroma / chroma.amax(dim=-1, keepdim=True).clamp(min=1e-6)  # per-frame ∞-norm, eps 1e-6 (facts §6.1)
+    # per-frame ∞-norm with eps 1e-6, as audiocraft's chroma extractor normalises its frames
+    chroma = chroma / chroma.amax(dim=-1, keepdim=True).clamp(min=1e-6)
     return bottleneck(chroma) if argmax else chroma
 
 
@@ -128,7 +139,8 @@ def fit_length(chroma, length=CHROMA_LENGTH):
     """Force [B, T, 12] to [B, length, 12]: a short melody is repeated whole (looped) then cut, a long one is cut.
 
     The chroma is not aligned to the 50 Hz audio tokens: it is a fixed 235-frame (30 s) prefix and the LM learned
-    the alignment itself (facts §6.4). Both references loop short references this way (facts §1.7 item 2)."""
+    the alignment itself. Both references loop a short melody this way: audiocraft's chroma conditioner
+    (`audiocraft/modules/conditioners.py`) and transformers' `modeling_musicgen_melody.py` (`chroma_length` 235)."""
     repeats = math.ceil(length / chroma.shape[1])
     return chroma.repeat(1, repeats, 1)[:, :length]
 
@@ -137,7 +149,8 @@ def null_melody(batch_size, length=CHROMA_LENGTH, device=None):
     """The "no melody" condition [B, length, 12]: every frame one-hot on C.
 
     It is what a silent reference gives (argmax of an all-zero frame is C), used for the unconditional branch of
-    classifier-free guidance and when no melody is passed (facts §1.7). Note it is not a zero vector."""
+    classifier-free guidance and when no melody is passed. transformers (`modeling_musicgen_melody.py`) builds it
+    this way; audiocraft gets the same from the chroma of a silent waveform. Note it is not a zero vector."""
     chroma = torch.zeros(batch_size, length, N_CHROMA, device=device)
     chroma[..., 0] = 1.0
     return chroma

@@ -16,13 +16,21 @@ The file, top to bottom:
     EncodecConfig, PRESETS       hyper-parameters with Hugging Face field names, and named sizes
     Conv1d / ConvTranspose1d     weight-normed convolutions with EnCodec's padding rules
     ResnetBlock, LSTM            the SEANet building blocks; Encoder / Decoder stack them
-    SpectralEncoder / Decoder    our codec for the laptop run: STFT magnitudes and phase advances, steady codes
     Codebook / VectorQuantizer / ResidualVectorQuantizer     RVQ, trained with EMA k-means updates
     EncodecLite                  encode / decode / forward, load and save in the Hugging Face layout
-    training                     mel filter bank, CodecLoss, STFT discriminator, CodecTrainer, train_codec
+    training                     mel filter bank, CodecLoss, CodecTrainer (one optimisation step)
 
 Module and tensor names are exactly Hugging Face's (`encoder.layers.3.conv...`, `quantizer.layers.0.codebook.embed`),
 so checkpoints map one to one; that is also why the layer lists contain the ELUs: they take up list indices.
+A config with codec_type "spectral" swaps SEANet for the laptop's spectral encoder and decoder (spectral_codec.py,
+which says why it exists); the RVQ, the wrapper and the trainer are the same for both.
+
+References:
+1) the EnCodec paper: Défossez et al. 2022, "High Fidelity Neural Audio Compression", https://arxiv.org/abs/2210.13438
+2) the implementation this file matches number for number, transformers' EnCodec:
+   https://github.com/huggingface/transformers/blob/main/src/transformers/models/encodec/modeling_encodec.py
+3) the one MusicGen was trained with, audiocraft's SEANet and quantiser (the training side: EMA, k-means, dead codes):
+   https://github.com/facebookresearch/audiocraft, `audiocraft/modules/seanet.py`, `audiocraft/quantization/core_vq.py`
 """
 
 import math
@@ -37,13 +45,14 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import audio
 import checkpoints
-from chroma import chroma_filter_bank
+
 
 # ----------------------------------------------------------------------------- config
-
-
 @dataclass
 class EncodecConfig:
+    """The codec's hyper-parameters under the field names of transformers' EncodecConfig, so that a config.json maps
+    one to one. The defaults are facebook/encodec_32khz's."""
+
     sampling_rate: int = 32000
     audio_channels: int = 1
     num_filters: int = 64                      # channels after the first conv; doubled at every downsampling
@@ -60,7 +69,7 @@ class EncodecConfig:
     last_kernel_size: int = 7                  # last conv of encoder and decoder
     compress: int = 2                          # a residual block's hidden width is dim // compress
     pad_mode: str = "reflect"
-    codec_type: str = "seanet"                 # or "spectral": our codec for the laptop run (SpectralEncoder)
+    codec_type: str = "seanet"                 # or "spectral": the laptop's codec, spectral_codec.py (not HF's)
 
     @property
     def hop_length(self):
@@ -92,9 +101,8 @@ class EncodecConfig:
         return replace(PRESETS[name], **overrides)
 
     # --- Hugging Face config.json <-> dataclass
-
     @classmethod
-    def from_hf(cls, d):
+    def from_hf(cls, hf_config):
         """From an HF EncodecConfig dict (a facebook/encodec_32khz config.json, or MusicGen's `audio_encoder`)."""
         # Only the non-causal, weight-normed, un-normalised variant is implemented: the one MusicGen uses. Missing
         # keys take HF's defaults, which for these flags are the *other* variant (encodec_24khz), hence the checks.
@@ -103,11 +111,11 @@ class EncodecConfig:
             "norm_type": ("weight_norm", "weight_norm"), "chunk_length_s": (None, None),
         }
         for key, (hf_default, ours) in unsupported.items():
-            if d.get(key, hf_default) != ours:
+            if hf_config.get(key, hf_default) != ours:
                 raise checkpoints.CheckpointError(
-                    f"This EnCodec config has {key}={d.get(key, hf_default)!r}; encodec_lite implements only "
+                    f"This EnCodec config has {key}={hf_config.get(key, hf_default)!r}; encodec_lite implements only "
                     f"{key}={ours!r} (the non-causal 32 kHz codec of MusicGen, e.g. facebook/encodec_32khz).")
-        kwargs = {f.name: d[f.name] for f in fields(cls) if d.get(f.name) is not None}
+        kwargs = {f.name: hf_config[f.name] for f in fields(cls) if hf_config.get(f.name) is not None}
         for key in ("upsampling_ratios", "target_bandwidths"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
@@ -115,14 +123,16 @@ class EncodecConfig:
         return cls(**kwargs)
 
     def to_hf(self):
-        d = asdict(self)
+        hf_config = asdict(self)
         if self.codec_type == "seanet":  # HF's own codec: keep its config.json free of our key
-            del d["codec_type"]
-        d.update(upsampling_ratios=list(self.upsampling_ratios), target_bandwidths=list(self.target_bandwidths))
+            del hf_config["codec_type"]
+        hf_config.update(upsampling_ratios=list(self.upsampling_ratios),
+                         target_bandwidths=list(self.target_bandwidths))
         # the flags that pin HF to the variant we implement (their HF defaults differ, see from_hf)
-        d.update(model_type="encodec", architectures=["EncodecModel"], use_causal_conv=False, use_conv_shortcut=False,
-                 normalize=False, norm_type="weight_norm", trim_right_ratio=1.0, chunk_length_s=None, overlap=None)
-        return d
+        hf_config.update(model_type="encodec", architectures=["EncodecModel"], use_causal_conv=False,
+                         use_conv_shortcut=False, normalize=False, norm_type="weight_norm", trim_right_ratio=1.0,
+                         chunk_length_s=None, overlap=None)
+        return hf_config
 
 
 def _bandwidth(num_codebooks, codebook_size, frame_rate):
@@ -131,7 +141,8 @@ def _bandwidth(num_codebooks, codebook_size, frame_rate):
 
 
 PRESETS = {
-    # The released codec of MusicGen (facts §4.1).
+    # The released codec of MusicGen: facebook/encodec_32khz's config.json, also the `audio_encoder` of every
+    # facebook/musicgen-* checkpoint (transformers `convert_encodec_checkpoint_to_pytorch.py` sets the same values).
     "encodec_32khz": EncodecConfig(),
     # For unit tests: seconds to build and run. 8 kHz, hop 160 -> 50 frames/s, K = 4 codebooks of 64.
     "tiny": EncodecConfig(
@@ -141,26 +152,24 @@ PRESETS = {
     "tiny-spectral": EncodecConfig(
         sampling_rate=8000, num_filters=4, upsampling_ratios=(8, 5, 4), hidden_size=16, codebook_size=64,
         codebook_dim=16, target_bandwidths=(_bandwidth(4, 64, 50),), num_lstm_layers=1, codec_type="spectral"),
-    # For the laptop training run. Our synthesized corpus has little energy above 4 kHz, so 16 kHz loses nothing.
-    # Hop 320 gives 50 frames/s like the real codec, so an LM trained on these codes sees the same time grid as
-    # MusicGen; K = 4 codebooks as in the paper (the delay pattern and its 3-step offset stay the same), but only 256
-    # entries each: fewer entries learn faster from little data and give the small LM an easier vocabulary. The
-    # spectral encoder / decoder (below) instead of SEANet: its codes sit still while a note is held, which is what
-    # lets a small LM follow the prompt (README, "the spectral codec"). The ratios only set the hop here.
+    # The laptop run: 16 kHz (the synthesized corpus has little above 4 kHz); hop 320 = 50 frames/s and K = 4, the
+    # released time grid and delay pattern; N = 256 entries learn faster from little data. The spectral encoder /
+    # decoder (spectral_codec.py, which says why) replaces SEANet; the ratios only set the hop.
     "small": EncodecConfig(
         sampling_rate=16000, num_filters=16, upsampling_ratios=(8, 5, 4, 2), hidden_size=64, codebook_size=256,
         codebook_dim=64, target_bandwidths=(_bandwidth(4, 256, 50),), num_lstm_layers=1, codec_type="spectral"),
-    # The SEANet codec of the same size that the laptop run used before (README: what it measured). 16 filters (vs
-    # 64) and a 64-dim latent keep the convs ~16x cheaper than encodec_32khz.
+    # The paper's SEANet at the laptop's size, to compare with "small" (RESULTS.md, "Spectral codec: why the laptop
+    # codec is not SEANet"). 16 filters (vs 64) and a 64-dim latent keep the convs ~16x cheaper than encodec_32khz.
     "small-seanet": EncodecConfig(
         sampling_rate=16000, num_filters=16, upsampling_ratios=(8, 5, 4, 2), hidden_size=64, codebook_size=256,
         codebook_dim=64, target_bandwidths=(_bandwidth(4, 256, 50),), num_lstm_layers=1),
 }
 
 
-# ----------------------------------------------------------------------------- convolutions (facts §4.5, §4.6)
-
-
+# ----------------------------------------------------------------------------- convolutions
+#
+# Padding and weight norm exactly as transformers `modeling_encodec.py` (`EncodecConv1d`, `EncodecConvTranspose1d`,
+# `_pad1d`) and audiocraft `audiocraft/modules/conv.py`, the non-causal variant with reflect padding.
 def pad1d(x, left, right, mode):
     """F.pad that also works for reflect padding wider than the signal (a very short clip): reflect needs
     length > pad, so zeros are appended first and cut off again after padding (what HF and audiocraft do)."""
@@ -176,54 +185,10 @@ def pad1d(x, left, right, mode):
 def unit_gain_init(conv):
     """Start every weight-normed filter with norm g = 1 (a checkpoint overwrites it; this matters for training only).
 
-    PyTorch's default init gives each filter a norm of about 1/sqrt(3), so every conv shrinks its input by ~0.6; after
-    the ~15 convs and ELUs of the encoder a random codec's latent barely varies over time (std ~0.006 against a
-    constant offset ~0.05). The decoder then learns to ignore it and produces the *average* spectrum of the training
-    audio (the mel loss drops, the waveform stays uncorrelated), and VQ on such a latent collapses onto one code.
-    With g = 1 a conv roughly keeps the size of its input, and the latent starts out varying with the music."""
+    PyTorch's default init gives each filter a norm of ~1/sqrt(3): after the encoder's ~15 convs a random codec's
+    latent barely varies over time, the decoder learns to ignore it (producing the average spectrum) and VQ collapses
+    onto one code. With g = 1 a conv roughly keeps the size of its input, and the latent varies with the music."""
     conv.parametrizations.weight.original0.fill_(1.0)
-
-
-def fast_path(x):
-    """Inference on CPU: the convolutions below then use the matrix-product forms (conv1d_by_taps,
-    conv_transpose1d_by_phases). Same sums as F.conv1d / F.conv_transpose1d in another order (outputs agree to
-    float rounding, tests/test_encodec.py), but on a long signal with few channels the CPU library convolution spends
-    most of its time converting memory layouts into fresh temporary buffers, while one matrix product per kernel tap
-    streams through the signal: ~2x faster on EnCodec's full-rate layers. Training (autograd) and GPUs keep the
-    library convolutions."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled()
-
-
-def conv1d_by_taps(x, weight, bias, dilation=1):
-    """Stride-1 convolution as a sum over the kernel taps j of a matrix product with a shifted view of the signal:
-
-        y[:, t] = b + sum_j W[:, :, j] @ x[:, t + j * dilation]      x [B, C_in, L], W [C_out, C_in, k] -> y [B, C_out, L_out]
-
-    The shifted views x[..., j*d : j*d + L_out] are not copied: a matrix product reads them in place."""
-    batch, k = x.shape[0], weight.shape[-1]
-    length = x.shape[-1] - (k - 1) * dilation
-    taps = weight.permute(2, 0, 1).unsqueeze(1).expand(k, batch, *weight.shape[:2])  # [k, B, C_out, C_in]
-    y = torch.baddbmm(bias[:, None].expand(batch, -1, length), taps[0], x[..., :length])  # [B, C_out, L_out]
-    for j in range(1, k):
-        y.baddbmm_(taps[j], x[..., j * dilation : j * dilation + length])
-    return y
-
-
-def conv_transpose1d_by_phases(x, weight, bias, stride):
-    """Transposed convolution with kernel 2 * stride, as one matrix product and an interleave.
-
-    Output sample n * s + r (s = stride, phase r < s) is W[:, :, r]^T x[n] + W[:, :, r + s]^T x[n - 1]: every input
-    frame feeds 2 s output samples. So multiply every frame by all 2 s taps at once, then add the two halves with a
-    one-frame shift and interleave the s phases. x [B, C_in, L], W [C_in, C_out, 2s] -> y [B, C_out, (L + 1) * s]."""
-    batch, _, length = x.shape
-    c_out = weight.shape[1]
-    taps = weight.permute(2, 1, 0).reshape(2 * stride * c_out, -1)  # [2s * C_out, C_in], rows (half, phase, out)
-    y = (taps @ x).view(batch, 2, stride, c_out, length)  # [B, 2, s, C_out, L]
-    out = torch.empty(batch, c_out, length + 1, stride, dtype=x.dtype)  # [B, C_out, frame, phase]
-    torch.add(y[:, 0].permute(0, 2, 3, 1), bias[:, None, None], out=out[:, :, :length])  # taps 0..s-1 on x[n]
-    out[:, :, length] = bias[:, None]
-    out[:, :, 1:] += y[:, 1].permute(0, 2, 3, 1)  # taps s..2s-1 on x[n - 1]
-    return out.view(batch, c_out, (length + 1) * stride)
 
 
 class Conv1d(nn.Module):
@@ -248,10 +213,7 @@ class Conv1d(nn.Module):
         left = self.padding_total - right
         if left + right + extra:
             x = pad1d(x, left, right + extra, self.pad_mode)
-        conv = self.conv
-        if fast_path(x) and self.stride == 1 and conv.in_channels > 1:  # (a 1-channel input makes thin products)
-            return conv1d_by_taps(x, conv.weight, conv.bias, conv.dilation[0])
-        return conv(x)
+        return self.conv(x)
 
 
 class ConvTranspose1d(nn.Module):
@@ -265,38 +227,33 @@ class ConvTranspose1d(nn.Module):
         self.stride, self.padding_total = stride, kernel_size - stride
 
     def forward(self, x):  # [B, C_in, L] -> [B, C_out, L * stride]
-        conv = self.conv
-        if fast_path(x) and conv.kernel_size[0] == 2 * self.stride:
-            y = conv_transpose1d_by_phases(x, conv.weight, conv.bias, self.stride)
-        else:
-            y = conv(x)  # (L - 1) * stride + kernel samples
+        y = self.conv(x)  # (L - 1) * stride + kernel samples
         right = self.padding_total // 2  # trim the overhang from both ends
         left = self.padding_total - right
         return y[..., left: y.shape[-1] - right]
 
 
-# ----------------------------------------------------------------------------- SEANet blocks (facts §4.2-§4.4)
-
-
+# ----------------------------------------------------------------------------- SEANet blocks
+#
+# Layer by layer as transformers `EncodecEncoder` / `EncodecDecoder` / `EncodecResnetBlock` / `EncodecLSTM`
+# (`modeling_encodec.py`), the conversion of audiocraft `audiocraft/modules/seanet.py` (EnCodec paper §3.1).
 class ResnetBlock(nn.Module):
-    """x + Conv1x1(ELU(Conv_k(ELU(x)))): a bottleneck (dim -> dim / compress -> dim) with an identity skip."""
+    """x + Conv1x1(ELU(Conv_k(ELU(x)))): a bottleneck (dim -> dim / compress -> dim) with an identity skip.
+    The j-th block of a stage dilates its first conv by dilation_growth_rate ** j."""
 
-    def __init__(self, config, dim, dilation):
+    def __init__(self, config, dim, j):
         super().__init__()
-        hidden = dim // config.compress
+        hidden, dilation = dim // config.compress, config.dilation_growth_rate ** j
         # The first ELU must leave x alone (the skip needs it); the second may overwrite the conv output it gets.
-        self.block = nn.ModuleList([
+        self.block = nn.Sequential(
             nn.ELU(),
             Conv1d(dim, hidden, config.residual_kernel_size, dilation=dilation, pad_mode=config.pad_mode),
             nn.ELU(inplace=True),
             Conv1d(hidden, dim, 1, pad_mode=config.pad_mode),
-        ])
+        )
 
     def forward(self, x):
-        y = x
-        for layer in self.block:
-            y = layer(y)
-        return y.add_(x)  # y is a fresh conv output: adding in place saves a copy of the signal
+        return self.block(x).add_(x)  # a fresh conv output: adding in place saves a copy of the signal
 
 
 class LSTM(nn.Module):
@@ -315,232 +272,62 @@ class LSTM(nn.Module):
 class Encoder(nn.Module):
     """wav [B, 1, N] -> latent [B, D, ceil(N / hop)]. Channels double at every downsampling step."""
 
-    def __init__(self, c):
+    def __init__(self, config):
         super().__init__()
-        layers = [Conv1d(c.audio_channels, c.num_filters, c.kernel_size, pad_mode=c.pad_mode)]
-        dim = c.num_filters
-        for ratio in reversed(c.upsampling_ratios):
-            layers += [ResnetBlock(c, dim, c.dilation_growth_rate ** j) for j in range(c.num_residual_layers)]
-            layers += [nn.ELU(inplace=True), Conv1d(dim, 2 * dim, 2 * ratio, stride=ratio, pad_mode=c.pad_mode)]
+        layers = [Conv1d(config.audio_channels, config.num_filters, config.kernel_size, pad_mode=config.pad_mode)]
+        dim = config.num_filters
+        for ratio in reversed(config.upsampling_ratios):
+            layers += [ResnetBlock(config, dim, j) for j in range(config.num_residual_layers)]
+            layers += [nn.ELU(inplace=True), Conv1d(dim, 2 * dim, 2 * ratio, stride=ratio, pad_mode=config.pad_mode)]
             dim *= 2
-        layers += [LSTM(dim, c.num_lstm_layers), nn.ELU(inplace=True),
-                   Conv1d(dim, c.hidden_size, c.last_kernel_size, pad_mode=c.pad_mode)]
-        self.layers = nn.ModuleList(layers)
+        layers += [LSTM(dim, config.num_lstm_layers), nn.ELU(inplace=True),
+                   Conv1d(dim, config.hidden_size, config.last_kernel_size, pad_mode=config.pad_mode)]
+        self.layers = nn.Sequential(*layers)  # named layers.0, layers.1, ... as in HF
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return self.layers(x)
 
 
 class Decoder(nn.Module):
-    """latent [B, D, T] -> wav [B, 1, T * hop]: the encoder mirrored, transposed convs upsample. No final tanh."""
+    """latent [B, D, T] -> wav [B, 1, T * hop]: the encoder mirrored, transposed convs upsample. No final tanh.
 
-    def __init__(self, c):
+    It carries the losses it is trained with (`losses`), as the spectral decoder does, so that the wrapper and the
+    trainer treat both decoders alike (the loss module's filter banks are not saved)."""
+
+    def __init__(self, config):
         super().__init__()
-        dim = c.num_filters * 2 ** len(c.upsampling_ratios)
-        layers = [Conv1d(c.hidden_size, dim, c.kernel_size, pad_mode=c.pad_mode), LSTM(dim, c.num_lstm_layers)]
-        for ratio in c.upsampling_ratios:
+        dim = config.num_filters * 2 ** len(config.upsampling_ratios)
+        layers = [Conv1d(config.hidden_size, dim, config.kernel_size, pad_mode=config.pad_mode),
+                  LSTM(dim, config.num_lstm_layers)]
+        for ratio in config.upsampling_ratios:
             layers += [nn.ELU(inplace=True), ConvTranspose1d(dim, dim // 2, 2 * ratio, stride=ratio)]
             dim //= 2
-            layers += [ResnetBlock(c, dim, c.dilation_growth_rate ** j) for j in range(c.num_residual_layers)]
-        layers += [nn.ELU(inplace=True), Conv1d(dim, c.audio_channels, c.last_kernel_size, pad_mode=c.pad_mode)]
-        self.layers = nn.ModuleList(layers)
+            layers += [ResnetBlock(config, dim, j) for j in range(config.num_residual_layers)]
+        layers += [nn.ELU(inplace=True),
+                   Conv1d(dim, config.audio_channels, config.last_kernel_size, pad_mode=config.pad_mode)]
+        self.layers = nn.Sequential(*layers)  # named layers.0, layers.1, ... as in HF
+        self.loss = CodecLoss(config.sampling_rate)
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return self.layers(x)
+
+    def losses(self, latent, wav):
+        """Training: {loss name: weighted value} of the decoded latent [B, D, T] against the input wav [B, C, N]."""
+        return self.loss(wav, self(latent)[..., : wav.shape[-1]])
 
 
-# ----------------------------------------------------------------------------- the spectral codec (laptop run)
+# ----------------------------------------------------------------------------- residual vector quantisation
 #
-# Why a second architecture. SEANet's decoder upsamples by transposed convolutions: a latent that holds still
-# becomes a waveform that repeats every hop, i.e. only harmonics of the frame rate (50 Hz). So the pitch of a held
-# note has to live in how the latent *changes*: on a sustained organ chord the codes of codebook 1 change in ~93 %
-# of frames, following the phase of each partial. The paper's 300M LM, trained on 20k hours, learns to continue
-# such sequences; a 3M LM trained for 7 minutes cannot, and its held chords come out flickering (README).
+# Paper §2.1 and the EnCodec paper §3.2; training as audiocraft `audiocraft/quantization/core_vq.py`.
 #
-# The spectral codec takes the phase out of the latent. Per frame it works with an STFT whose hop is the codec's:
-#   encoder  reads the log magnitudes and the phase *advance* from one frame to the next of each frequency bin.
-#            Both stay constant while a note is held (the advance is 2 pi f hop / sample_rate for a partial at f),
-#            so the latent, and the codes, sit still: on the laptop corpus codebook 1 changes in ~15 % of frames
-#            instead of 82-85 % (README).
-#   decoder  predicts each bin's magnitude and phase advance (GANSynth's "instantaneous frequency", Engel et al.
-#            2019), adds the advances up over frames into phases, gives every bin the phase of the spectral peak it
-#            belongs to (the phase vocoder's "identity phase locking", Laroche & Dolson 1999: without it the bins of
-#            one partial, whose phases started apart, interfere), and inverts the STFT (as Vocos does, Siuzdak 2023).
-# Training compares the decoder's magnitudes and advances directly with those of the input
-# (SpectralDecoder.supervision): log magnitudes, the loud partials that carry the notes (spectral convergence, pitch
-# classes), and the advances of the loud bins. Nothing compares waveforms: the phases start wherever the sum starts,
-# so the waveform is not the input's (SI-SNR means nothing for this codec; mel distance and chroma agreement do).
-# EnCodec's mel losses on the decoded waveform, tried too, reached the advances only through the phase integration;
-# without them the codec keeps as many notes and trains 1.5x faster (README: the spectral codec).
-
-
-def frame_stft(wav, n_fft, hop, window, frames):
-    """wav [B, 1, N] -> complex STFT [B, F, frames], frame t centred on sample t * hop; silence beyond the ends
-    (constant padding: reflecting a note back would invent music that is not there)."""
-    return torch.stft(wav[:, 0], n_fft, hop, window=window, pad_mode="constant", return_complex=True)[..., :frames]
-
-
-def phase_advance(spec):
-    """Complex STFT [B, F, T] -> phase advance of each bin from the previous frame, in (-pi, pi] [B, F, T].
-    Frame 0 has no predecessor and takes frame 1's advance (a single frame: 0)."""
-    if spec.shape[-1] < 2:
-        return torch.zeros(spec.shape, device=spec.device)
-    advance = torch.angle(spec[..., 1:] * spec[..., :-1].conj())
-    return torch.cat([advance[..., :1], advance], dim=-1)
-
-
-def bin_advance(n_fft, hop):
-    """The phase advance per hop of a partial exactly at each bin's centre frequency [F]: 2 pi k hop / n_fft."""
-    return (2 * math.pi * torch.arange(n_fft // 2 + 1) * hop / n_fft) % (2 * math.pi)
-
-
-def lock_phases(magnitude, phase, reach=2):
-    """Identity phase locking: each bin takes the phase of the loudest bin within `reach` bins (its peak), plus
-    pi per bin of distance (a Hann-windowed partial alternates sign from bin to bin). [B, F, T] -> [B, F, T]."""
-    B, F_, T = magnitude.shape
-    frames = magnitude.detach().transpose(1, 2).reshape(B * T, 1, F_)
-    _, peak = F.max_pool1d(frames, 2 * reach + 1, stride=1, padding=reach, return_indices=True)
-    peak = peak.view(B, T, F_).transpose(1, 2)  # [B, F, T] index of each bin's peak
-    bins = torch.arange(F_, device=magnitude.device)[None, :, None]
-    return phase.gather(1, peak) + math.pi * (bins - peak)
-
-
-class FrameBlock(nn.Module):
-    """x + Conv1x1(ELU(Conv3_dilated(ELU(x)))) over frames: the spectral codec's residual block."""
-
-    def __init__(self, dim, dilation):
-        super().__init__()
-        self.dilated = nn.Conv1d(dim, dim, 3, padding=dilation, dilation=dilation)
-        self.mix = nn.Conv1d(dim, dim, 1)
-
-    def forward(self, x):
-        return x + self.mix(F.elu(self.dilated(F.elu(x))))
-
-
-class SpectralEncoder(nn.Module):
-    """wav [B, 1, N] -> latent [B, D, ceil(N / hop)], from STFT frames centred on the latent frames: log magnitudes
-    at a long window (2048 at hop 320: 7.8 Hz bins, for the pitch), and at the decoder's window 4 hop the log
-    magnitudes and the phase advance relative to each bin's centre, as (cos, sin) weighted by how loud the bin is
-    (the advance of an empty bin is noise)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.hop = c.hop_length
-        self.long_fft, self.n_fft = 2 ** math.ceil(math.log2(4 * self.hop)), 4 * self.hop
-        width = 4 * c.hidden_size
-        self.register_buffer("long_window", torch.hann_window(self.long_fft), persistent=False)
-        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
-        channels = self.long_fft // 2 + 1 + 3 * (self.n_fft // 2 + 1)
-        self.inp = nn.Conv1d(channels, width, 3, padding=1)
-        self.blocks = nn.ModuleList(FrameBlock(width, d) for d in (1, 2, 4, 1))
-        self.lstm = LSTM(width, c.num_lstm_layers)
-        self.out = nn.Conv1d(width, c.hidden_size, 3, padding=1)
-
-    def forward(self, wav):
-        frames = math.ceil(wav.shape[-1] / self.hop)
-        long = frame_stft(wav, self.long_fft, self.hop, self.long_window, frames).abs()
-        spec = frame_stft(wav, self.n_fft, self.hop, self.window, frames)  # [B, F, T]
-        offset = phase_advance(spec) - self.centre[:, None]  # where in its bin each partial sits
-        loudness = (spec.abs() / (spec.abs().amax(dim=1, keepdim=True) + 1e-6)).sqrt()
-        x = torch.cat([torch.log(long + 1e-4) / 4, torch.log(spec.abs() + 1e-4) / 4,
-                       loudness * torch.cos(offset), loudness * torch.sin(offset)], dim=1)
-        x = self.inp(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.out(F.elu(self.lstm(x)))
-
-
-class SpectralDecoder(nn.Module):
-    """latent [B, D, T] -> wav [B, 1, T * hop]: per frame, each bin's magnitude and phase advance; phases summed
-    over frames and locked to their peaks; inverse STFT (window 4 hop)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.hop, self.n_fft = c.hop_length, 4 * c.hop_length
-        bins, width = self.n_fft // 2 + 1, 4 * c.hidden_size
-        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
-        self.register_buffer("chroma", chroma_filter_bank(c.sampling_rate, self.n_fft), persistent=False)  # [12, F]
-        self.inp = nn.Conv1d(c.hidden_size, width, 3, padding=1)
-        self.lstm = LSTM(width, c.num_lstm_layers)
-        self.blocks = nn.ModuleList(FrameBlock(width, d) for d in (1, 2, 4, 1))
-        self.head = nn.Conv1d(width, 4 * width, 1)  # a wide last layer: 2 x 641 outputs with sharp peaks
-        self.out = nn.Conv1d(4 * width, 2 * bins, 1)
-
-    def spectrum(self, latent):
-        """latent [B, D, T] -> (magnitude, phase advance), each [B, F, T], in float32."""
-        x = self.lstm(self.inp(latent))
-        for block in self.blocks:
-            x = block(x)
-        log_mag, offset = self.out(F.elu(self.head(F.elu(x)))).float().chunk(2, dim=1)
-        # A sine of amplitude a peaks at about a * hop in this STFT; exp(...) is that amplitude: it starts near
-        # 0.02 (a quiet random codec) and is capped at e^2 (louder than full scale) so that no spike can overflow.
-        magnitude = self.hop * torch.exp((log_mag - 4).clamp(max=2))
-        advance = self.centre[:, None] + math.pi * torch.tanh(offset)  # within half a turn of the bin's own
-        return magnitude, advance
-
-    def synthesize(self, magnitude, advance):  # [B, F, T] each -> wav [B, 1, T * hop]
-        phase = lock_phases(magnitude, torch.cumsum(advance, dim=-1))
-        wav = torch.istft(torch.polar(magnitude, phase), self.n_fft, self.hop, window=self.window,
-                          length=magnitude.shape[-1] * self.hop)
-        return wav[:, None]
-
-    def forward(self, latent):
-        return self.synthesize(*self.spectrum(latent))
-
-    def supervision(self, wav, magnitude, advance):
-        """Direct losses against the input's own STFT: log-magnitude L1, spectral convergence, pitch-class profile,
-        and 1 - cos of the phase-advance error weighted by each bin's share of the frame's energy (only the advances
-        of loud bins matter)."""
-        spec = frame_stft(wav, self.n_fft, self.hop, self.window, magnitude.shape[-1])
-        target = spec.abs()  # [B, F, T]
-        weight = target / (target.sum(dim=1, keepdim=True) + 1e-6)
-        phase = (weight * (1 - torch.cos(advance - phase_advance(spec))))[..., 1:].sum(dim=1).mean()
-        # The floor is ~ -90 dB re a full-scale sine: the quiet bins between the partials count too (a -60 dB floor
-        # gave a lower mel loss and worse chroma: 47 % against 75 %, one run each).
-        log_magnitude = F.l1_loss(torch.log(magnitude + 1e-2), torch.log(target + 1e-2))
-        # Spectral convergence (Arik et al. 2019): the error's energy relative to the input's, so the few loud bins
-        # of the partials, which carry the notes, weigh most; the log term above spends itself on the hundreds of
-        # quiet bins between them. With it the auto-encoder keeps far more of the notes (README: the spectral codec).
-        # Over the whole batch, not per crop: a silent crop (a rest) would divide by ~0 and blow the loss up.
-        convergence = torch.linalg.norm(magnitude - target) / (torch.linalg.norm(target) + 1e-6)
-        # The weights, and what each term bought in held-out chroma: README, "The spectral codec".
-        return {"phase": phase, "magnitude": log_magnitude, "convergence": 10 * convergence,
-                "chroma": 10 * self.pitch_class_loss(magnitude, target)}
-
-    def pitch_class_loss(self, magnitude, target):
-        """How differently the two spectra [B, F, T] share each frame's energy among the 12 pitch classes (chroma.py's
-        filter bank): L1 between the shares, each frame weighted by its part of the input's energy (silence counts
-        for nothing). The notes of a chord are what the music is; a small error in how loud each partial is can
-        move which pitch class dominates, and this loss says so directly."""
-        target_classes = torch.einsum("cf,bft->bct", self.chroma, target.square())  # [B, 12, T]
-        classes = torch.einsum("cf,bft->bct", self.chroma, magnitude.square())
-        share = lambda x: x / (x.sum(dim=1, keepdim=True) + 1e-6)  # noqa: E731
-        frame_weight = target_classes.sum(dim=1) / (target_classes.sum(dim=(1, 2))[:, None] + 1e-6)  # [B, T]
-        return (frame_weight * (share(classes) - share(target_classes)).abs().sum(dim=1)).sum(dim=-1).mean()
-
-
-# ----------------------------------------------------------------------------- residual vector quantisation (§4.7)
+# Why RVQ: 44 bits per frame would need one codebook of 2^44 entries; instead K = 4 codebooks of 2^11 each quantise
+# what the previous ones left over (the residual). Codebook 1 captures the coarse shape and matters most (paper §2.1).
 #
-# Why RVQ: one codebook of 2^44 entries would be needed to spend 44 bits per frame; instead K = 4 codebooks of 2^11
-# each quantise what the previous ones left over (the residual). Codebook 1 captures the coarse shape, each further
-# one refines it, so the first codebook matters most (paper §2.1) and bitrate scales by adding codebooks.
-#
-# How the codebooks are learned: not by gradient descent but as an online k-means. Every training step each code
-# vector moves towards the mean of the latent vectors assigned to it, smoothed by an exponential moving average
-# (EMA, decay 0.99). EMA is more stable than a codebook loss and needs no learning rate. The encoder is pulled
-# towards its codes by the commitment loss, and receives the decoder's gradient through the straight-through trick.
-#
-# Dead codes: a code that no latent vector is nearest to gets no updates and stays useless forever (the encoder
-# moves away from where the codebook was initialised). We detect codes whose EMA usage has decayed to almost nothing
-# and re-seed them with latent vectors from the current batch, where the data actually is.
-
-
+# The codebooks learn as an online k-means, not by gradient descent: each code vector moves towards the mean of the
+# latent vectors assigned to it, smoothed by an exponential moving average (EMA, VectorQuantizer.decay), which is
+# stable and needs no learning rate. The encoder is pulled towards its codes by the commitment loss and gets the
+# decoder's gradient through the straight-through trick. A code no vector chooses gets no updates and would stay
+# useless ("dead"): codes whose EMA usage has decayed are re-seeded with vectors of the current batch.
 class Codebook(nn.Module):
     """The state of one codebook, with Hugging Face's buffer names. Only `embed` is needed for inference."""
 
@@ -678,9 +465,9 @@ class ResidualVectorQuantizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the codec
-
-
 class EncodecLite(nn.Module):
+    """The codec: encoder, RVQ and decoder (paper §2.1), with encode / decode for inference and a training forward."""
+
     def __init__(self, config):
         super().__init__()
         if config.codebook_dim != config.hidden_size:
@@ -690,40 +477,21 @@ class EncodecLite(nn.Module):
         if config.codec_type == "seanet":
             self.encoder, self.decoder = Encoder(config), Decoder(config)
         elif config.codec_type == "spectral":
-            if config.audio_channels != 1:
-                raise ValueError("The spectral codec is mono (audio_channels=1); stereo input is downmixed anyway.")
+            # spectral_codec builds on this file (its LSTM), so it is imported here rather than at the top
+            from spectral_codec import SpectralDecoder, SpectralEncoder
             self.encoder, self.decoder = SpectralEncoder(config), SpectralDecoder(config)
         else:
             raise ValueError(f"codec_type must be 'seanet' or 'spectral'; got {config.codec_type!r}.")
         self.quantizer = ResidualVectorQuantizer(config)
-
-    # --- sizes
-    @property
-    def sample_rate(self):
-        return self.config.sampling_rate
-
-    @property
-    def hop_length(self):
-        return self.config.hop_length
-
-    @property
-    def frame_rate(self):
-        return self.config.frame_rate
-
-    @property
-    def num_codebooks(self):
-        return self.config.num_codebooks
-
-    @property
-    def codebook_size(self):
-        return self.config.codebook_size
+        # the sizes its users need: samples per second and per frame, frames per second, K, N
+        self.sample_rate, self.hop_length, self.frame_rate = config.sampling_rate, config.hop_length, config.frame_rate
+        self.num_codebooks, self.codebook_size = config.num_codebooks, config.codebook_size
 
     @property
     def device(self):
         return self.quantizer.layers[0].codebook.embed.device
 
     # --- inference
-
     @torch.no_grad()
     def encode(self, wav, sample_rate=None):
         """wav [B, C, N] or [C, N] float -> codes LongTensor [B, K, ceil(N / hop)].
@@ -756,27 +524,20 @@ class EncodecLite(nn.Module):
         return codes.long()
 
     # --- training
-
     def forward(self, wav, quantize=True):
-        """Training pass: wav [B, C, N] -> (reconstruction [B, C, N], codes [B, K, T] or None, extra losses: a dict
-        with the commitment loss, and for the spectral codec its direct phase and magnitude losses).
+        """Training pass: wav [B, C, N] -> (codes [B, K, T] or None, {loss name: weighted value}): the commitment loss
+        and the decoder's own reconstruction losses (Decoder.losses), whose sum is what training minimises.
 
         In training mode this also updates the codebooks (EMA). The input must already be at `sample_rate`.
-        quantize=False skips the RVQ (a plain auto-encoder): the warm-up, see train_codec."""
+        quantize=False skips the RVQ (a plain auto-encoder): the warm-up before the codebooks are k-means-initialised
+        from the trained encoder's latents, since VQ on a random encoder collapses onto one code."""
         latent = self.encoder(wav)
-        codes, extra = None, {"commit": latent.new_zeros(())}
+        codes, commit = None, latent.new_zeros(())
         if quantize:
-            latent, codes, extra["commit"] = self.quantizer(latent)
-        if self.config.codec_type == "spectral":
-            magnitude, advance = self.decoder.spectrum(latent)
-            extra.update(self.decoder.supervision(wav, magnitude, advance))
-            recon = self.decoder.synthesize(magnitude, advance)
-        else:
-            recon = self.decoder(latent)
-        return recon[..., : wav.shape[-1]], codes, extra
+            latent, codes, commit = self.quantizer(latent)
+        return codes, {"commit": commit, **self.decoder.losses(latent, wav)}
 
     # --- weight norm: trainable form vs. folded inference form
-
     def fold_weight_norm(self):
         """Replace every g * v / ||v|| by the plain weight it computes: same outputs, no per-call norm.
         Done by from_pretrained; after it, training still works but without the weight-norm parametrisation."""
@@ -786,7 +547,6 @@ class EncodecLite(nn.Module):
         return self
 
     # --- Hugging Face layout
-
     def hf_state_dict(self):
         """Tensors with HF EncodecModel names (weight norm as parametrizations.weight.original0 = g / original1 = v)."""
         sd = dict(self.state_dict())
@@ -799,7 +559,8 @@ class EncodecLite(nn.Module):
 
     def load_hf_state_dict(self, state_dict, source="checkpoint"):
         """Load HF-named tensors (either weight-norm spelling) into this (unfolded) model, strictly."""
-        old_style = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+        old_style = {".weight_g": ".parametrizations.weight.original0",  # the 2023 hub files' spelling
+                     ".weight_v": ".parametrizations.weight.original1"}
         renamed = {}
         for name, tensor in state_dict.items():
             for old, new in old_style.items():
@@ -833,10 +594,9 @@ class EncodecLite(nn.Module):
 # ----------------------------------------------------------------------------- training: losses
 #
 # EnCodec (Défossez et al. 2022, §3.4) trains with: an L1 loss on the waveform, L1+L2 losses on mel spectrograms
-# at several resolutions, the commitment loss, and optionally an adversarial loss with a multi-scale STFT
-# discriminator plus feature matching. Short windows see timing, long windows see pitch: several scales are needed.
-
-
+# at several resolutions, the commitment loss, and an adversarial loss with a multi-scale STFT discriminator plus
+# feature matching. This file keeps the reconstruction and commitment losses and leaves the adversarial part out.
+# Short windows see timing, long windows see pitch: several scales are needed.
 def hz_to_mel(f):
     return 2595.0 * torch.log10(1.0 + f / 700.0)  # the HTK mel scale
 
@@ -867,22 +627,18 @@ class MelSpectrogram(nn.Module):
         spec = torch.stft(wav.reshape(-1, wav.shape[-1]), self.n_fft, hop_length=self.n_fft // 4,
                           window=self.window, return_complex=True)
         # One GEMM over every frame of the batch, [B * frames, F] @ [F, n_mels]. (filters @ spec would broadcast
-        # into B thin products of a few frames each: at n_fft 4096 that was 3x slower, 0.1 s per codec step.)
+        # into B thin products of a few frames each: 3x slower at n_fft 4096.)
         return (spec.abs().transpose(1, 2) @ self.filters.T).transpose(1, 2)
 
 
 class CodecLoss(nn.Module):
-    """Reconstruction losses: time_weight (0.1) * L1(waveform) + mean over window sizes of [L1(mel) + L1(log mel)].
+    """SEANet's reconstruction losses, each as it enters the total: "l1", time_weight (0.1) * L1(waveform), and
+    "mel", the mean over window sizes of [L1(mel) + L1(log mel)].
 
-    EnCodec compares mel spectrograms at windows 2^5 .. 2^11 with L1 + L2 distances of the magnitudes, which weigh
-    the loud parts. We keep the L1 term and add a log-mel term (as HiFi-GAN and DAC do), which weighs quiet partials,
-    the ones that carry the harmony, like loud ones. The log is floored at -60 dB: below that nothing is audible,
-    and without a floor the loss would be spent on pushing empty bands towards -100 dB. Windows 2^6 .. 2^12,
-    n_fft / 8 mel bands each (8 .. 512): the long windows get enough bands to tell neighbouring semitones apart
-    (at 16 kHz the 2048 window's 256 bands are ~9 Hz wide around 200 Hz, a semitone there is 12 Hz; the 4096
-    window's bins are 3.9 Hz apart, enough for the bass lines of chorales and quartets, where a semitone at a low E
-    is 5 Hz). With a fixed 64 bands (~35 Hz around 200 Hz) a note one semitone off costs the loss almost nothing,
-    yet it is all chroma sees."""
+    EnCodec uses L1 + L2 on mel magnitudes (windows 2^5 .. 2^11), which weigh the loud parts; the log-mel term (as in
+    HiFi-GAN and DAC) weighs the quiet partials that carry the harmony like loud ones, floored at -60 dB so that no
+    effort goes into silent bands. Windows 2^6 .. 2^12 with n_fft / 8 mel bands each: the long windows get bands
+    narrow enough to tell neighbouring semitones apart (at 16 kHz, ~9 Hz around 200 Hz, where a semitone is 12 Hz)."""
 
     time_weight = 0.1
 
@@ -896,66 +652,7 @@ class CodecLoss(nn.Module):
         for m in self.mels:
             mx, my = m(x), m(y)
             mel = mel + F.l1_loss(my, mx) + F.l1_loss(my.clamp(min=self.floor).log(), mx.clamp(min=self.floor).log())
-        return {"l1": F.l1_loss(y, x), "mel": mel / len(self.mels)}
-
-    def total(self, losses):
-        """losses: this module's (l1, mel) and the codec's own (commitment), weight 1 except the waveform L1."""
-        return sum(self.time_weight * value if name == "l1" else value for name, value in losses.items())
-
-
-class STFTDiscriminator(nn.Module):
-    """Multi-scale STFT discriminator (EnCodec §3.3), small: for each window size, a 2-D conv net looks at the
-    complex spectrogram (real and imaginary parts as 2 channels) and scores every time-frequency patch."""
-
-    def __init__(self, n_ffts=(256, 512, 1024), channels=16):
-        super().__init__()
-        self.n_ffts = n_ffts
-
-        def net():
-            return nn.ModuleList([
-                nn.Conv2d(2, channels, (3, 9), padding=(1, 4)),
-                nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4)),
-                nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(2, 4), dilation=(2, 1)),
-                nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)),
-                nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)),
-            ])
-        self.nets = nn.ModuleList(net() for _ in n_ffts)
-
-    def forward(self, wav):
-        """wav [B, C, N] -> list over scales of (logits [B*C, 1, F, T], [feature maps])."""
-        outputs = []
-        for n_fft, layers in zip(self.n_ffts, self.nets):
-            window = torch.hann_window(n_fft, device=wav.device)
-            spec = torch.stft(wav.reshape(-1, wav.shape[-1]), n_fft, n_fft // 4, window=window, return_complex=True)
-            h = torch.view_as_real(spec).permute(0, 3, 1, 2)  # [B*C, 2, freq, frames]
-            features = []
-            for conv in layers[:-1]:
-                h = F.leaky_relu(conv(h), 0.2)
-                features.append(h)
-            outputs.append((layers[-1](h), features))
-        return outputs
-
-
-def discriminator_loss(disc, real, fake):
-    """Hinge loss: push scores of real audio above +1 and of reconstructions below -1."""
-    loss = 0.0
-    for (real_logits, _), (fake_logits, _) in zip(disc(real), disc(fake.detach())):
-        loss = loss + F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    return loss / len(disc.n_ffts)
-
-
-def generator_adversarial_losses(disc, real, fake):
-    """(hinge loss of the codec as generator, feature matching: L1 between the discriminator's inner features of
-    real and reconstructed audio, relative to the real features' size)."""
-    adv, feat = 0.0, 0.0
-    with torch.no_grad():
-        real_out = disc(real)
-    for (fake_logits, fake_feats), (_, real_feats) in zip(disc(fake), real_out):
-        adv = adv + F.relu(1 - fake_logits).mean()
-        for fr, rr in zip(fake_feats, real_feats):
-            feat = feat + F.l1_loss(fr, rr) / (rr.abs().mean() + 1e-8)
-    n = len(disc.n_ffts)
-    return adv / n, feat / (n * len(real_out[0][1]))
+        return {"l1": self.time_weight * F.l1_loss(y, x), "mel": mel / len(self.mels)}
 
 
 def codebook_stats(codes, codebook_size):
@@ -970,90 +667,37 @@ def codebook_stats(codes, codebook_size):
     return stats
 
 
-# ----------------------------------------------------------------------------- training: the loop
-
-
+# ----------------------------------------------------------------------------- training: one step
 class CodecTrainer:
-    """Optimisers and losses for training an EncodecLite; `step(wav)` does one update and returns a stats dict.
+    """The optimiser of an EncodecLite; `step(wav)` does one update and returns a stats dict (train.py runs the loop).
 
     Adam with betas (0.5, 0.9) and lr 3e-4 as in EnCodec. The codebooks are buffers updated by EMA inside the
-    forward pass, so the optimiser only sees the convolution / LSTM weights. With adversarial=True a
-    STFTDiscriminator is trained alternately (EnCodec weights: 3 for the adversarial and feature losses)."""
+    forward pass, so the optimiser only sees the convolution / LSTM weights."""
 
-    def __init__(self, codec, lr=3e-4, adversarial=False):
+    def __init__(self, codec, lr=3e-4):
         self.codec = codec.train()
-        device = codec.device
-        # The spectral codec learns from its own spectrum only (SpectralDecoder.supervision): its phases start
-        # wherever they start, so its waveform is not the input's, and mel losses on that waveform cost a third of
-        # each step and added no chroma (README: the spectral codec).
-        self.loss = None if codec.config.codec_type == "spectral" else CodecLoss(codec.sample_rate).to(device)
         self.opt = torch.optim.Adam(codec.parameters(), lr=lr, betas=(0.5, 0.9))
-        self.disc = STFTDiscriminator().to(device) if adversarial else None
-        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9)) if adversarial else None
 
-    def step(self, wav, quantize=True):  # wav [B, C, N] at codec.sample_rate
-        wav = wav.to(self.codec.device)
-        recon, codes, extra = self.codec(wav, quantize)
-        losses = dict(extra)  # the codec's own: commitment (+ the spectral codec's supervision)
-        if self.loss is not None:
-            losses.update(self.loss(wav, recon))
-        total = self.loss.total(losses) if self.loss is not None else sum(losses.values())
-        stats = {}
-        if self.disc is not None:
-            adv, feat = generator_adversarial_losses(self.disc, wav, recon)
-            total = total + 3 * adv + 3 * feat
-            stats.update(adv=adv.item(), feat=feat.item())
+    def step(self, wav, quantize=True):
+        """One update on wav [B, C, N] at codec.sample_rate (RVQ off while quantize=False, see EncodecLite.forward).
+        Returns floats: "loss" (the sum minimised), "grad_norm", each loss term, and per codebook q of a quantised
+        step its usage and perplexity ("usage{q}", "ppl{q}")."""
+        codes, losses = self.codec(wav.to(self.codec.device), quantize)
+        total = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), 100.0)  # only guards against spikes
         self.opt.step()
-        if self.disc is not None:
-            d_loss = discriminator_loss(self.disc, wav, recon)
-            self.disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.disc_opt.step()
-            stats["disc"] = d_loss.item()
-        stats.update(loss=total.item(), grad_norm=grad_norm.item(), **{name: value.item() for name, value in losses.items()})
+        stats = {"loss": total.item(), "grad_norm": grad_norm.item()}
+        stats.update({name: value.item() for name, value in losses.items()})
         if codes is not None:
             stats.update(codebook_stats(codes, self.codec.codebook_size))
         return stats
 
     def state_dict(self):
         """Everything needed to resume exactly (the codec's own weights and codebooks included)."""
-        return {"codec": self.codec.state_dict(), "opt": self.opt.state_dict(),
-                "disc": self.disc.state_dict() if self.disc else None,
-                "disc_opt": self.disc_opt.state_dict() if self.disc else None}
+        return {"codec": self.codec.state_dict(), "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state):
         self.codec.load_state_dict(state["codec"])
         self.opt.load_state_dict(state["opt"])
-        if self.disc is not None:
-            if state["disc"] is None:
-                raise ValueError("This checkpoint was trained without the discriminator; resume with adversarial=False.")
-            self.disc.load_state_dict(state["disc"])
-            self.disc_opt.load_state_dict(state["disc_opt"])
-
-
-def train_codec(codec, get_batch, steps, lr=3e-4, adversarial=False, log_every=50, callback=None,
-                trainer=None, start_step=0, warmup=0):
-    """Train `codec` for steps start_step .. steps-1; returns the list of logged stats dicts.
-
-    The first `warmup` steps train a plain auto-encoder (RVQ off); the first quantised step then k-means-initialises
-    the codebooks from the latents of the trained encoder. VQ on a random encoder collapses: its latent barely
-    varies, so one code wins every frame and the decoder learns to ignore it.
-
-    get_batch(step) -> wav [B, C, N] at codec.sample_rate (a function of the step, so a resumed run sees the same
-    batches). callback(step, stats, trainer) is called every `log_every` steps and after the last one (print,
-    checkpoint with trainer.state_dict(), ...). Pass a restored `trainer` and `start_step` to resume."""
-    trainer = trainer or CodecTrainer(codec, lr=lr, adversarial=adversarial)
-    history = []
-    for step in range(start_step, steps):
-        stats = trainer.step(get_batch(step), quantize=step >= warmup)
-        if not all(math.isfinite(v) for v in stats.values()):
-            raise FloatingPointError(f"Codec training diverged at step {step}: {stats}. Lower the learning rate.")
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            stats["step"] = step + 1
-            history.append(stats)
-            if callback is not None:
-                callback(step + 1, stats, trainer)
-    return history

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import chroma
+import corpus
 import data
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -46,6 +47,7 @@ import data
 
 
 def _flat(wav):
+    """Any waveform batch -> [B, N] float32 (channels folded into time; our clips are mono)."""
     wav = torch.as_tensor(wav, dtype=torch.float32)
     return wav.reshape(wav.shape[0], -1) if wav.dim() > 1 else wav[None]
 
@@ -59,10 +61,11 @@ def si_snr(ref, est, eps=1e-8):
     """Scale-invariant SNR in dB (Le Roux et al. 2019): project the estimate on the reference, then compare the
     energy of that projection with the energy of what is left. Identical → very large; unrelated noise → ≲ 0 dB."""
     ref, est = _same_length(_flat(ref), _flat(est))
-    ref = ref - ref.mean(-1, keepdim=True)
+    ref = ref - ref.mean(-1, keepdim=True)  # zero mean: a DC offset is neither signal nor noise
     est = est - est.mean(-1, keepdim=True)
+    # the projection <est, ref> ref / |ref|²: the part of the estimate that is the reference, at any scale
     target = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps) * ref
-    noise = est - target
+    noise = est - target  # whatever the reference does not explain
     return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
 
 
@@ -71,7 +74,7 @@ def log_mel(wav, sample_rate, n_fft=1024, n_mels=64):
     from encodec_lite import mel_filterbank
 
     window = torch.hann_window(n_fft)
-    spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+    spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()  # [B, F, frames]
     mel = mel_filterbank(sample_rate, n_fft, n_mels) @ spec  # [B, n_mels, frames]
     return 20 * torch.log10(mel.clamp(min=1e-4))  # 1e-4 = −80 dB re full scale
 
@@ -91,7 +94,7 @@ def chroma_agreement(ref, est, sample_rate):
     """Share of chroma frames (0..1) where ref and est have the same dominant pitch class."""
     ref, est = _same_length(_flat(ref), _flat(est))
     n_fft = chroma_fft(sample_rate)
-    kw = dict(target_rate=sample_rate, n_fft=n_fft)
+    kw = dict(target_rate=sample_rate, n_fft=n_fft)  # chroma at the audio's own rate (no resampling to 32 kHz)
     a = chroma.chromagram(ref[:, None], sample_rate, **kw).argmax(-1)  # [B, frames]
     b = chroma.chromagram(est[:, None], sample_rate, **kw).argmax(-1)
     return (a == b).float().mean(-1)
@@ -108,7 +111,7 @@ def features(wav, sample_rate):
     mel = log_mel(wav, sample_rate)  # [B, 64, frames]
     n_fft = chroma_fft(sample_rate)
     soft = chroma.chromagram(wav[:, None], sample_rate, argmax=False, target_rate=sample_rate, n_fft=n_fft)
-    flux = (mel[..., 1:] - mel[..., :-1]).abs().mean(-1)  # [B, 64]
+    flux = (mel[..., 1:] - mel[..., :-1]).abs().mean(-1)  # [B, 64]: large for notes that start and stop often
     return torch.cat([mel.mean(-1), mel.std(-1), flux, soft.mean(1), soft.std(1)], dim=1) / 10  # ≈ unit scale
 
 
@@ -119,14 +122,16 @@ class StyleClassifier:
         self.styles = list(styles)
 
     def fit(self, x, labels, steps=300, weight_decay=1e-2):
-        y = torch.tensor([self.styles.index(s) for s in labels])
-        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
-        self.linear = torch.nn.Linear(x.shape[1], len(self.styles))
+        """x [B, features], labels: one style name per row. Full-batch L-BFGS: the problem is small and convex."""
+        y = torch.tensor([self.styles.index(s) for s in labels])  # [B] class indices
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-6  # the training set's statistics, reused by predict
+        self.linear = torch.nn.Linear(x.shape[1], len(self.styles))  # one score per style
         optimizer = torch.optim.LBFGS(self.linear.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
         x = (x - self.mean) / self.std
 
-        def closure():
+        def closure():  # L-BFGS evaluates the loss several times per step (line search)
             optimizer.zero_grad()
+            # the L2 penalty keeps the weights finite when the training styles are perfectly separable
             loss = F.cross_entropy(self.linear(x), y) + weight_decay * self.linear.weight.pow(2).sum()
             loss.backward()
             return loss
@@ -136,10 +141,12 @@ class StyleClassifier:
 
     @torch.no_grad()
     def predict(self, x):
+        """x [B, features] -> the most likely style name of each row."""
         return [self.styles[i] for i in self.linear((x - self.mean) / self.std).argmax(-1)]
 
 
 def accuracy(predicted, truth):
+    """Share of labels predicted right (0 for no labels)."""
     return sum(p == t for p, t in zip(predicted, truth)) / max(len(truth), 1)
 
 
@@ -149,8 +156,8 @@ def accuracy(predicted, truth):
 
 def _clip_batches(clips, sample_rate, batch=data.CODEC_CLIPS):
     """Held-out clips as equal-length waveform batches [b, 1, N] (the corpus clips share one length)."""
-    waves = [data.clip_audio(c, sample_rate) for c in clips]
-    n = min(w.shape[-1] for w in waves)
+    waves = [data.clip_audio(c, sample_rate) for c in clips]  # [1, N_i] each, cached by data.clip_audio
+    n = min(w.shape[-1] for w in waves)  # a folder corpus may differ by a few samples: cut to the shortest
     for i in range(0, len(waves), batch):
         yield clips[i : i + batch], torch.stack([w[:, :n] for w in waves[i : i + batch]])
 
@@ -160,16 +167,16 @@ def evaluate_codec(codec, clips):
     """SI-SNR, mel distance and chroma agreement of codec reconstructions, and code changes per codebook, averaged
     over `clips`."""
     sr = codec.sample_rate
-    scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}
+    scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}  # one value per clip each
     changes = []
     for _, wav in _clip_batches(clips, sr):
-        codes = codec.encode(wav)
-        rec = codec.decode(codes).cpu()
+        codes = codec.encode(wav)  # [b, K, T]
+        rec = codec.decode(codes).cpu()  # [b, 1, N'], N' >= N: whole frames
         scores["si_snr_db"] += si_snr(wav, rec).tolist()
         scores["mel_distance_db"] += mel_distance(wav, rec, sr).tolist()
         scores["chroma_agreement"] += chroma_agreement(wav, rec, sr).tolist()
-        changes.append(code_changes(codes.cpu()) * len(wav))
-    out = {k: sum(v) / len(v) for k, v in scores.items()}
+        changes.append(code_changes(codes.cpu()) * len(wav))  # weighted by the batch size for the mean below
+    out = {k: sum(v) / len(v) for k, v in scores.items()}  # means over clips
     out["code_changes"] = (sum(changes) / len(clips)).tolist()
     out["clips"] = len(clips)
     return out
@@ -181,12 +188,15 @@ def code_changes(codes):
 
 
 def unigram_entropy(codes):
-    """codes [K, M] → per codebook entropy (nats) of the token frequencies."""
+    """codes [K, M] → per codebook, the entropy (nats) of the token frequencies: the cross-entropy of a model that
+    ignores all context and always predicts how often each code occurs. An LM has learnt something about music only
+    when its loss goes well below it (train.py prints it before training; validation_loss reports it beside the LM's).
+    """
     out = []
-    for row in codes.long():
-        p = torch.bincount(row).float()
-        p = p[p > 0] / p.sum()
-        out.append(float(-(p * p.log()).sum()) + 0.0)
+    for row in codes.long():  # one codebook at a time: each has its own distribution
+        p = torch.bincount(row).float()  # how often each code occurs
+        p = p[p > 0] / p.sum()  # frequencies of the codes that occur (0 log 0 = 0)
+        out.append(float(-(p * p.log()).sum()) + 0.0)  # + 0.0: print 0.00, not -0.00
     return out
 
 
@@ -194,13 +204,13 @@ def unigram_entropy(codes):
 def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
     """Per-codebook cross-entropy (nats) of the LM on non-overlapping windows of the held-out clips, with their
     captions, next to the unigram entropy of the same tokens."""
-    frames = max(int(segment_seconds * mg.frame_rate), mg.lm.config.num_codebooks)
+    frames = max(int(segment_seconds * mg.frame_rate), mg.lm.config.num_codebooks)  # at least K: the delay pattern
     if mg.context_frames:  # no longer than the LM's training windows: positions beyond them were never trained
         frames = min(frames, mg.context_frames)
     windows, captions = [], []
     for clip in clips:
         codes = mg.codec.encode(data.clip_audio(clip, mg.sample_rate)[None]).cpu()[0]  # [K, T]
-        for start in range(0, codes.shape[-1] - frames + 1, frames):
+        for start in range(0, codes.shape[-1] - frames + 1, frames):  # non-overlapping windows, the tail dropped
             windows.append(codes[:, start : start + frames])
             captions.append(clip.caption)
     if not windows:
@@ -208,9 +218,9 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
     total = 0.0
     for i in range(0, len(windows), batch):
         codes = torch.stack(windows[i : i + batch]).to(mg.device)
-        condition, mask = mg.encode_text(captions[i : i + batch])
-        _, per_codebook = mg.lm.compute_loss(codes, condition, mask)
-        total = total + per_codebook.float().cpu() * len(codes)
+        condition, mask = mg.encode_text(captions[i : i + batch])  # the clip's caption, as at generation
+        _, per_codebook = mg.lm.compute_loss(codes, condition, mask)  # [K], the training loss without noise
+        total = total + per_codebook.float().cpu() * len(codes)  # weighted: the last batch may be smaller
     return {"val_ce": (total / len(windows)).tolist(), "unigram_entropy": unigram_entropy(torch.cat(windows, -1)),
             "windows": len(windows)}
 
@@ -231,7 +241,7 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
     styles = sorted({c.style for c in clips if c.style})
     if len(styles) < 2:
         raise ValueError("Prompt following needs clips with at least 2 style labels (the built-in corpus has 5).")
-    n = int(seconds * sr)
+    n = int(seconds * sr)  # samples per judged crop
 
     def crops(clip_list, through_codec=False):  # every whole `seconds`-long crop of each clip (as long as generated)
         x, y = [], []
@@ -241,24 +251,24 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
             for start in range(0, wav.shape[-1] - n + 1, n):
                 x.append(features(wav[:, 0, start : start + n], sr))
                 y += [c.style for c in batch]
-        return torch.cat(x), y
+        return torch.cat(x), y  # features [M, 216], style names [M]
 
     real_judge = StyleClassifier(styles).fit(*crops(train))
     codec_judge = StyleClassifier(styles).fit(*crops(train, through_codec=True))
     x_real, y_valid = crops(valid)
     x_codec, _ = crops(valid, through_codec=True)
     prompts, truth = [], []
-    for style in styles:
-        pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]
+    for style in styles:  # the same number of prompts per style: the accuracy weighs every style equally
+        pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]  # held-out first
         for i in range(per_style):
             prompts.append(pool[i % len(pool)].caption)
             truth.append(style)
     generated = []
     for i in range(0, len(prompts), batch):
-        wav = mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()
+        wav = mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()  # [b, 1, n]
         generated.append(features(wav[:, 0, :n], sr))
     generated = torch.cat(generated)
-    predicted = codec_judge.predict(generated)
+    predicted = codec_judge.predict(generated)  # the headline number uses the codec judge
     return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
             "judge_accuracy_real": accuracy(real_judge.predict(x_real), y_valid),
             "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), y_valid),
@@ -279,6 +289,7 @@ def confusion_matrix(truth, predicted, styles):
 
 
 def print_codec(r):
+    """The codec results as a small table on stdout."""
     print(f"codec ({r['clips']} held-out clips)")
     print(f"  SI-SNR            {r['si_snr_db']:7.2f} dB")
     print(f"  mel distance      {r['mel_distance_db']:7.2f} dB")
@@ -288,6 +299,7 @@ def print_codec(r):
 
 
 def print_lm(r):
+    """The LM results: cross-entropy next to the unigram entropy, then prompt following and its confusion matrix."""
     ce = r["validation"]
     print(f"lm ({ce['windows']} held-out windows)")
     print("  validation CE per codebook (nats)  " + " ".join(f"{x:6.3f}" for x in ce["val_ce"]))
@@ -308,13 +320,14 @@ def print_lm(r):
 
 
 def main(argv=None):
+    """The command line; the corpus options must be those the model was trained with."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["codec", "lm", "all"])
     parser.add_argument("--model", default="out/small", help="a MusicGen directory (or an EncodecLite one for codec)")
     parser.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument("--clip-seconds", type=float, default=10.0)
-    parser.add_argument("--clips-per-style", type=int, default=data.CLIPS_PER_STYLE)
+    parser.add_argument("--clips-per-style", type=int, default=corpus.CLIPS_PER_STYLE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--segment-seconds", type=float, default=5.0,
                         help="LM validation window length (at most the model's training window)")
@@ -325,7 +338,7 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    from checkpoints import CheckpointError
+    from checkpoints import CheckpointError  # like the models below: imported when the command runs
 
     results = {"model": args.model}
     try:
@@ -333,7 +346,7 @@ def main(argv=None):
             from encodec_lite import EncodecLite
 
             codec = EncodecLite.from_pretrained(args.model)
-            clips = data.select(data.load_corpus(args, codec.sample_rate), "valid")
+            clips = data.select(data.load_corpus(args, codec.sample_rate), "valid")  # held-out clips only
             results["codec"] = evaluate_codec(codec, clips)
             print_codec(results["codec"])
         if args.what in ("lm", "all"):
@@ -347,7 +360,7 @@ def main(argv=None):
             results["lm"] = r
             print_lm(r)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"evaluate.py: {e}")
+        sys.exit(f"evaluate.py: {e}")  # one line the user can act on, no traceback
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

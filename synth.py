@@ -1,7 +1,7 @@
 """
 synth.py: a tiny additive synthesizer that turns notes into sound, so we can make training music from scores.
 
-The paper trains on 20k hours of licensed recordings (§3.2). We have none, so `data.py` takes scores (music21's
+The paper trains on 20k hours of licensed recordings (§3.2). We have none, so `corpus.py` takes scores (music21's
 bundled corpus) and renders them here. Every sound is built the same simple way:
 
     note = envelope(t) * sum_h  a_h * decay_h(t) * sin(2π · h · f0 · t + vibrato)

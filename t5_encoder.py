@@ -5,13 +5,12 @@ Paper §2.3 "Text conditioning": a pretrained text encoder maps the description 
 MusicGens use the encoder half of t5-base (§3.1, A.2). Only the encoder is needed, so that is all this file builds:
 
     T5Tokenizer    text -> token ids: SentencePiece pieces, then EOS (id 1); a batch is right-padded with 0
-    T5Config       the sizes (one dataclass; T5_PRESETS names t5-base and two small ones for training from scratch)
+    T5Config       the sizes (one dataclass; T5_PRESETS names t5-base and the two sizes train.py trains from scratch)
     RMSNorm        T5's "layer norm": scale only, no mean subtraction, no bias
     Attention      unscaled multi-head self-attention; block 0 also owns the relative position bias table
     FeedForward    ReLU (t5-base) or gated-GELU (T5 v1.1 / FLAN-T5)
     Block          pre-norm residual: x += Attn(norm(x)); x += FF(norm(x))
-    T5Encoder      ids [B, L] + mask [B, L] -> hidden states [B, L, d_model]; inside, the blocks carry only the
-                   N real (non-padding) tokens, packed as [N, D], so padding costs no compute
+    T5Encoder      ids [B, L] + mask [B, L] -> hidden states [B, L, d_model], zero at the padded positions
 
 How T5 (T5 paper §2.1 "Model") differs from the Transformer of "Attention is all you need":
   * no absolute positions: a learned scalar per (head, bucket of key−query distance) is added to the attention
@@ -19,9 +18,15 @@ How T5 (T5 paper §2.1 "Model") differs from the Transformer of "Attention is al
   * attention scores are q·k without the 1/sqrt(d_kv) factor (the init of q absorbs it);
   * RMSNorm instead of LayerNorm, no biases anywhere, the embedding is not scaled.
 
+A padded batch runs as it is, [B, L, D], with the padded keys masked out of attention: the padded positions cost
+some compute, but a prompt encoding is a tiny part of generating music (measured in RESULTS.md, "T5 token packing").
+
 Weights use the Hugging Face names (`shared.weight`, `encoder.block.{i}.layer.0.SelfAttention.q.weight`, ...), so the
 public t5-base checkpoint, the `text_encoder.` part of a MusicGen checkpoint and our own saves all load the same way;
 `layer.0` of a block is its attention sub-layer and `layer.1` its feed-forward sub-layer.
+
+References: the T5 paper, https://arxiv.org/abs/1910.10683; the reference implementation our outputs are tested
+against, transformers `src/transformers/models/t5/modeling_t5.py`.
 """
 
 import io
@@ -66,11 +71,9 @@ class T5Tokenizer:
         self.path = Path(spiece_path)
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
         if (self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
-            raise ValueError(
-                f"{self.path} is not a T5 vocabulary: it has pad/eos/unk ids "
-                f"{self.sp.pad_id()}/{self.sp.eos_id()}/{self.sp.unk_id()}, T5 needs {PAD_ID}/{EOS_ID}/{UNK_ID}. "
-                "Train one with T5Tokenizer.train()."
-            )
+            raise ValueError(f"{self.path} is not a T5 vocabulary: it has pad/eos/unk ids "
+                             f"{self.sp.pad_id()}/{self.sp.eos_id()}/{self.sp.unk_id()}, T5 needs "
+                             f"{PAD_ID}/{EOS_ID}/{UNK_ID}. Train one with T5Tokenizer.train().")
 
     @classmethod
     def from_pretrained(cls, path):
@@ -103,13 +106,10 @@ class T5Tokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"prompt {i} is {type(text).__name__} ({text!r:.80}), expected a string")
-        rows = [self.encode(text) for text in texts]
-        L = max(len(row) for row in rows)
-        ids = torch.full((len(rows), L), PAD_ID, dtype=torch.long)  # [B, L]
-        mask = torch.zeros((len(rows), L), dtype=torch.long)  # [B, L]
-        for b, row in enumerate(rows):
-            ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
+        rows = [torch.tensor(self.encode(text)) for text in texts]
+        ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD_ID)  # [B, L], L = longest row
+        lengths = torch.tensor([len(row) for row in rows])  # [B]
+        mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()  # [B, L]: 1 up to each row's length
         return ids, mask
 
     def save_pretrained(self, model_dir):
@@ -169,10 +169,8 @@ class T5Config:
 
     def __post_init__(self):
         if self.feed_forward_proj not in ("relu", "gated-gelu"):
-            raise ValueError(
-                f"feed_forward_proj={self.feed_forward_proj!r} is not supported; T5 checkpoints use 'relu' (t5-base) "
-                "or 'gated-gelu' (T5 v1.1, FLAN-T5)."
-            )
+            raise ValueError(f"feed_forward_proj={self.feed_forward_proj!r} is not supported; T5 checkpoints use "
+                             "'relu' (t5-base) or 'gated-gelu' (T5 v1.1, FLAN-T5).")
 
     @classmethod
     def from_hf(cls, hf):
@@ -182,21 +180,15 @@ class T5Config:
 
     def to_hf(self):
         """A config.json dict that transformers.T5EncoderModel loads."""
-        return {
-            "architectures": ["T5EncoderModel"],
-            "model_type": "t5",
-            **asdict(self),
-            "is_encoder_decoder": False,
-            "pad_token_id": PAD_ID,
-            "eos_token_id": EOS_ID,
-        }
+        return {"architectures": ["T5EncoderModel"], "model_type": "t5", **asdict(self),
+                "is_encoder_decoder": False, "pad_token_id": PAD_ID, "eos_token_id": EOS_ID}
 
 
 T5_PRESETS = {
     # Paper A.2: the text encoder of every released MusicGen
     "t5-base": T5Config(d_model=768, num_heads=12, d_ff=3072, num_layers=12),
-    "t5-small": T5Config(),
-    # small encoders trained from scratch with our own vocabulary (set vocab_size to tokenizer.vocab_size)
+    # encoders train.py trains from scratch with our own vocabulary (it sets vocab_size to tokenizer.vocab_size):
+    # "tiny" for the laptop run, "small" for the GPU configs
     "small": T5Config(vocab_size=8000, d_model=256, d_kv=64, num_heads=4, d_ff=1024, num_layers=4),
     "tiny": T5Config(vocab_size=1000, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2),
 }
@@ -247,90 +239,76 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with T5's two quirks: no 1/sqrt(d_kv) scaling and an additive position bias."""
 
-    def __init__(self, cfg, has_relative_bias):
+    def __init__(self, config, has_relative_bias):
         super().__init__()
-        inner = cfg.num_heads * cfg.d_kv
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.v = nn.Linear(cfg.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, cfg.d_model, bias=False)
-        self.num_heads, self.d_kv, self.dropout = cfg.num_heads, cfg.d_kv, cfg.dropout_rate
+        inner = config.num_heads * config.d_kv
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.config = config
         if has_relative_bias:  # only block 0 owns the table; the bias it gives is reused by every block
-            self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
-            self.num_buckets = cfg.relative_attention_num_buckets
-            self.max_distance = cfg.relative_attention_max_distance
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
 
     def position_bias(self, L):
         """The learned bias added to the scores of query i and key j: one scalar per head and bucket(j − i).
         -> [1, H, L, L]"""
         pos = torch.arange(L, device=self.relative_attention_bias.weight.device)
-        buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)  # [L, L]
+        buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.config.relative_attention_num_buckets,
+                                           self.config.relative_attention_max_distance)  # [L, L]
         return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # [L, L, H] -> [1, H, L, L]
 
-    def forward(self, x, attn_bias, real):
-        """x [N, D]: the N real tokens of the batch, packed; real [B, L] says where they sit; attn_bias [B, H, L, L]
-        (position bias + padding mask). -> [N, D]"""
-        B, L = real.shape
-
-        def heads(t):  # [N, H * d_kv] -> [B, H, L, d_kv], zeros at padded positions (masked out as keys)
-            padded = t.new_zeros(B, L, t.shape[-1])
-            padded[real] = t
-            return padded.view(B, L, self.num_heads, self.d_kv).transpose(1, 2)
-
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+    def forward(self, x, attn_bias):
+        """x [B, L, D], attn_bias [B, H, L, L] (position bias + padding mask) -> [B, L, D]"""
+        B, L, _ = x.shape
+        H, d_kv, dropout = self.config.num_heads, self.config.d_kv, self.config.dropout_rate
+        # each projection [B, L, H * d_kv] split into heads: [B, H, L, d_kv]
+        q, k, v = (proj(x).view(B, L, H, d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(  # softmax(q·kᵀ + attn_bias) v, scale 1 (T5 has no 1/sqrt(d_kv))
-            q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0, scale=1.0
+            q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=dropout if self.training else 0.0, scale=1.0
         )  # [B, H, L, d_kv]
-        return self.o(y.transpose(1, 2).reshape(B, L, -1)[real])  # back to the real tokens: [N, D]
+        return self.o(y.transpose(1, 2).reshape(B, L, -1))  # heads side by side again: [B, L, H * d_kv] -> [B, L, D]
 
 
 class FeedForward(nn.Module):
     """relu: wo(relu(wi x)).  gated-gelu: wo(gelu(wi_0 x) * wi_1 x), GELU in its tanh approximation."""
 
-    def __init__(self, cfg):
+    def __init__(self, config):
         super().__init__()
-        self.gated = cfg.feed_forward_proj == "gated-gelu"
+        self.gated = config.feed_forward_proj == "gated-gelu"
         if self.gated:
-            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
         else:
-            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x):  # [N, D]
+    def forward(self, x):  # [B, L, D]
         if self.gated:
             h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
         else:
             h = F.relu(self.wi(x))
-        return self.wo(self.dropout(h))  # [N, d_ff] -> [N, D]
-
-
-class AttentionLayer(nn.Module):  # HF: block.{i}.layer.0
-    def __init__(self, cfg, has_relative_bias):
-        super().__init__()
-        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.SelfAttention = Attention(cfg, has_relative_bias)
-
-
-class FeedForwardLayer(nn.Module):  # HF: block.{i}.layer.1
-    def __init__(self, cfg):
-        super().__init__()
-        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.DenseReluDense = FeedForward(cfg)
+        return self.wo(self.dropout(h))  # [B, L, d_ff] -> [B, L, D]
 
 
 class Block(nn.Module):
-    """One pre-norm encoder block. Sub-modules keep HF's names: layer[0] attention, layer[1] feed-forward."""
+    """One pre-norm encoder block: x += Attn(norm(x)); x += FF(norm(x)).
 
-    def __init__(self, cfg, has_relative_bias):
+    Its sub-modules carry HF's names, so that checkpoints load as they are: layer[0] holds `layer_norm` and
+    `SelfAttention`, layer[1] holds `layer_norm` and `DenseReluDense`."""
+
+    def __init__(self, config, has_relative_bias):
         super().__init__()
-        self.layer = nn.ModuleList([AttentionLayer(cfg, has_relative_bias), FeedForwardLayer(cfg)])
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        attn, ff = nn.Module(), nn.Module()  # plain containers, there only to give HF's layer.0 and layer.1
+        attn.layer_norm, ff.layer_norm = (RMSNorm(config.d_model, config.layer_norm_epsilon) for _ in range(2))
+        attn.SelfAttention, ff.DenseReluDense = Attention(config, has_relative_bias), FeedForward(config)
+        self.layer = nn.ModuleList([attn, ff])
+        self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x, attn_bias, real):  # x [N, D]: the real tokens, packed (see T5Encoder.forward)
+    def forward(self, x, attn_bias):  # x [B, L, D]
         attn, ff = self.layer
-        x = x + self.dropout(attn.SelfAttention(attn.layer_norm(x), attn_bias, real))
+        x = x + self.dropout(attn.SelfAttention(attn.layer_norm(x), attn_bias))
         x = x + self.dropout(ff.DenseReluDense(ff.layer_norm(x)))
         return x
 
@@ -344,34 +322,34 @@ MASKED = torch.finfo(torch.bfloat16).min
 class T5Encoder(nn.Module):
     """ids [B, L] (+ mask [B, L], 1 = real token) -> last hidden state [B, L, d_model]. Paper §2.3."""
 
-    def __init__(self, cfg):
+    def __init__(self, config):
         super().__init__()
-        self.config = cfg
-        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)  # the token embedding (shared with T5's decoder)
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)  # the token embedding (shared with T5's decoder)
         # HF keeps the stack under `encoder.` (the full T5 also has a `decoder.`); block 0 owns the position bias
         self.encoder = nn.ModuleDict(dict(
-            block=nn.ModuleList([Block(cfg, has_relative_bias=(i == 0)) for i in range(cfg.num_layers)]),
-            final_layer_norm=RMSNorm(cfg.d_model, cfg.layer_norm_epsilon),
+            block=nn.ModuleList([Block(config, has_relative_bias=(i == 0)) for i in range(config.num_layers)]),
+            final_layer_norm=RMSNorm(config.d_model, config.layer_norm_epsilon),
         ))
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = nn.Dropout(config.dropout_rate)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         """Mesh-TF's init (what T5 was trained with): each matrix ~ N(0, 1/fan_in), except q, which also absorbs the
         1/sqrt(d_kv) that T5 leaves out of the attention scores; the embedding ~ N(0, 1) (it is never scaled,
         and the first RMSNorm rescales it anyway)."""
-        cfg = self.config
+        config = self.config
         if isinstance(module, Attention):
-            nn.init.normal_(module.q.weight, std=(cfg.d_model * cfg.d_kv) ** -0.5)
-            nn.init.normal_(module.k.weight, std=cfg.d_model ** -0.5)
-            nn.init.normal_(module.v.weight, std=cfg.d_model ** -0.5)
-            nn.init.normal_(module.o.weight, std=(cfg.num_heads * cfg.d_kv) ** -0.5)
+            nn.init.normal_(module.q.weight, std=(config.d_model * config.d_kv) ** -0.5)
+            nn.init.normal_(module.k.weight, std=config.d_model ** -0.5)
+            nn.init.normal_(module.v.weight, std=config.d_model ** -0.5)
+            nn.init.normal_(module.o.weight, std=(config.num_heads * config.d_kv) ** -0.5)
             if hasattr(module, "relative_attention_bias"):
-                nn.init.normal_(module.relative_attention_bias.weight, std=cfg.d_model ** -0.5)
+                nn.init.normal_(module.relative_attention_bias.weight, std=config.d_model ** -0.5)
         elif isinstance(module, FeedForward):
             for w in (module.wi_0, module.wi_1) if module.gated else (module.wi,):
-                nn.init.normal_(w.weight, std=cfg.d_model ** -0.5)
-            nn.init.normal_(module.wo.weight, std=cfg.d_ff ** -0.5)
+                nn.init.normal_(w.weight, std=config.d_model ** -0.5)
+            nn.init.normal_(module.wo.weight, std=config.d_ff ** -0.5)
         elif module is self.shared:
             nn.init.normal_(module.weight, std=1.0)
 
@@ -384,17 +362,16 @@ class T5Encoder(nn.Module):
         """ids [B, L] LongTensor, mask [B, L] (1 real, 0 pad; None = no padding) -> [B, L, d_model],
         zero at padded positions.
 
-        Everything but attention acts on each token alone, so the blocks carry only the N real tokens, packed
-        into [N, D]; attention lays them out as [B, L] again to mix them. Padding costs no matmul this way
-        (a batch of prompts of different lengths is often half padding)."""
+        Padded positions run through the blocks like the others: no real token attends to them (their keys are
+        masked), and what they compute themselves is set to zero at the end."""
         self._check_inputs(ids, mask)
         real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()  # [B, L]
         attn_bias = self.attention_bias(real)  # [B, H, L, L]
-        x = self.dropout(self.shared(ids[real]))  # [N, D]
+        x = self.dropout(self.shared(ids))  # [B, L, D]
         for block in self.encoder.block:
-            x = block(x, attn_bias, real)
-        x = self.dropout(self.encoder.final_layer_norm(x))  # [N, D]
-        return x.new_zeros(*ids.shape, x.shape[-1]).index_put((real,), x)  # [B, L, D]
+            x = block(x, attn_bias)
+        x = self.dropout(self.encoder.final_layer_norm(x))  # [B, L, D]
+        return x.masked_fill(~real[..., None], 0.0)  # [B, L, D], zero at padding
 
     def _check_inputs(self, ids, mask):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
@@ -403,10 +380,9 @@ class T5Encoder(nn.Module):
             raise ValueError(f"mask must be a tensor shaped like ids {tuple(ids.shape)}, got {_describe(mask)}")
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
         if bad.numel():
-            raise ValueError(
-                f"token id {int(bad[0])} is outside this encoder's vocabulary (vocab_size "
-                f"{self.config.vocab_size}): the tokenizer and the encoder weights do not belong together."
-            )
+            raise ValueError(f"token id {int(bad[0])} is outside this encoder's vocabulary (vocab_size "
+                             f"{self.config.vocab_size}): the tokenizer and the encoder weights do not belong "
+                             "together.")
 
     # ------------------------------------------------------------------ checkpoints (Hugging Face layout)
 
@@ -427,14 +403,13 @@ class T5Encoder(nn.Module):
         """Load a T5 encoder (in eval mode) from a directory: t5-base / FLAN-T5 / T5EncoderModel as saved by
         transformers, our own save_pretrained, or a MusicGen checkpoint (its `text_encoder` part)."""
         model_dir = checkpoints.resolve_model_dir(path)
-        cfg, prefix = checkpoints.read_config(model_dir), ""
-        if "text_encoder" in cfg:  # a MusicGen directory: T5 config as a sub-dict, tensors prefixed
-            cfg, prefix = cfg["text_encoder"], "text_encoder."
-        if cfg.get("model_type", "t5") != "t5":
-            raise checkpoints.CheckpointError(
-                f"{model_dir}/config.json describes a '{cfg['model_type']}' model, not a T5 (model_type 't5')."
-            )
-        model = cls(T5Config.from_hf(cfg))
+        config, prefix = checkpoints.read_config(model_dir), ""
+        if "text_encoder" in config:  # a MusicGen directory: T5 config as a sub-dict, tensors prefixed
+            config, prefix = config["text_encoder"], "text_encoder."
+        if config.get("model_type", "t5") != "t5":
+            raise checkpoints.CheckpointError(f"{model_dir}/config.json describes a '{config['model_type']}' model, "
+                                              "not a T5 (model_type 't5').")
+        model = cls(T5Config.from_hf(config))
         model.load_hf_state_dict(checkpoints.load_state_dict(model_dir, prefix), source=str(model_dir))
         return model.eval()
 
@@ -447,6 +422,5 @@ class T5Encoder(nn.Module):
 
 
 def _describe(x):
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__}"
+    """What a bad input is, for an error message: its dtype and shape if it is a tensor, else its type."""
+    return f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

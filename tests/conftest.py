@@ -45,7 +45,8 @@ def hf_greedy_generate():
     """Greedy generation with guidance 3 by a transformers MusicGen model, T frames: returns (codes [B, K, T], audio).
 
     transformers decodes the codes inside `generate`; we wrap its codec's decode to keep the codes it was given.
-    T + K - 1 new tokens give T frames with K = 4 (facts §2.2)."""
+    T + K - 1 new tokens give T frames with K = 4: transformers' max_length counts the start column and its delay
+    pattern mask (build_delay_pattern_mask in `modeling_musicgen.py`) leaves T = max_length - K frames."""
     import torch
 
     def run(hf, frames, **inputs):

@@ -1,9 +1,9 @@
 """chroma.py against Hugging Face's MusicgenMelodyFeatureExtractor, plus pitch, silence and input-handling checks.
 
 The reference extractor builds a `torchaudio.transforms.Spectrogram`, and torchaudio is not installed (it has no build
-for this torch). We inject a stand-in for that one object, written here from torch.stft with torchaudio's documented
-semantics (facts §6.2); everything else of the reference runs unchanged: its filter bank, padding/truncation to 30 s,
-∞-normalisation and argmax.
+for this torch). We inject a stand-in for that one object, written here from torch.stft with the semantics that
+torchaudio documents for `Spectrogram`; everything else of the reference runs unchanged: its filter bank,
+padding/truncation to 30 s, ∞-normalisation and argmax.
 """
 
 import functools
@@ -158,7 +158,8 @@ def test_batch_of_stereo_clips(reference, capsys):
 
 def test_long_reference_is_cut_to_30_seconds(reference):
     """HF cuts the waveform to 30 s (→ exactly 235 frames); melody_chroma does the same. The plain chromagram of the
-    whole clip agrees on every frame but the last one, whose window reaches past 30 s (facts §6.4)."""
+    whole clip agrees on every frame but the last one, whose window reaches past 30 s and so sees real samples
+    where HF's cut waveform has reflect padding."""
     wav = signal("song", 33.0)
     theirs = ref_chroma(reference, wav)
     assert theirs.shape == (1, chroma.CHROMA_LENGTH, 12)

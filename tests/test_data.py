@@ -1,7 +1,7 @@
-"""data.py and synth.py: corpora, captions, deterministic splits, stateless batches, the token cache, clear errors."""
+"""data.py: deterministic splits, your own folder, stateless batches, the token cache, caption augmentation, clear
+errors. (The corpora we render ourselves, and synth.py, are tested in test_corpus.py.)"""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 import data
-import synth
+from corpus import synthetic_corpus
 
 SR = 8000  # encodec_lite's "tiny" codec rate: everything here stays small
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return cache, data.synthetic_corpus(cache, SR, n=12, seconds=2.0, seed=0)
+    return cache, synthetic_corpus(cache, SR, n=12, seconds=2.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -31,51 +31,7 @@ def codec():
     return EncodecLite(EncodecConfig.preset("tiny")).eval()
 
 
-# ----------------------------------------------------------------------------- synth.py
-
-
-def test_synth_is_deterministic_normalised_and_finite():
-    notes = [synth.Note(0.1 * i, 0.3, 48 + 3 * i, 90, i % 3) for i in range(10)]
-    for name in synth.INSTRUMENTS:
-        a = synth.render(notes, SR, name, seconds=1.5, seed=3)
-        b = synth.render(notes, SR, name, seconds=1.5, seed=3)
-        assert a.dtype == np.float32 and a.shape == (int(1.5 * SR),)
-        assert np.array_equal(a, b), name
-        assert np.isfinite(a).all() and abs(np.abs(a).max() - 0.8) < 1e-5, name
-    with pytest.raises(ValueError, match="Unknown instrument"):
-        synth.render(notes, SR, "kazoo")
-
-
-def test_synth_pitch_is_right():
-    """A single flute A4 without reverb: the spectrum peaks at 440 Hz."""
-    wav = synth.render([synth.Note(0.0, 1.0, 69, 100)], 16000, "flute", seconds=1.0, reverb_mix=0)
-    spectrum = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
-    assert abs(np.argmax(spectrum) * 16000 / len(wav) - 440) < 3
-
-
-def test_estimate_key():
-    c_major = [60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60]
-    a_minor = [57, 59, 60, 62, 64, 65, 68, 69, 64, 60, 57, 57]
-    assert data.estimate_key(c_major, [1.0] * len(c_major)) == "C major"
-    assert data.estimate_key(a_minor, [1.0] * len(a_minor)) == "A minor"
-    assert data.estimate_key([p + 6 for p in c_major], [1.0] * len(c_major)) == "F sharp major"
-
-
-# ----------------------------------------------------------------------------- corpora
-
-
-def test_synthetic_corpus(corpus):
-    cache, clips = corpus
-    assert len(clips) == 12 and len({c.style for c in clips}) == 3
-    for c in clips:
-        wav, sr = sf.read(c.path)
-        assert sr == SR and wav.ndim == 1 and len(wav) == 2 * SR
-        assert c.style in c.caption and c.meta["instrument"] in c.caption and c.meta["key"] in c.caption
-    assert {c.split for c in clips} == {"train", "valid"}
-    # Cached: a second call renders nothing and returns the same clips.
-    t = time.perf_counter()
-    again = data.synthetic_corpus(cache, SR, n=12, seconds=2.0, seed=0)
-    assert again == clips and time.perf_counter() - t < 1.0
+# ----------------------------------------------------------------------------- splits and your own folder
 
 
 def test_splits_are_deterministic_and_order_free():
@@ -85,32 +41,6 @@ def test_splits_are_deterministic_and_order_free():
     assert a == b
     assert 5 <= sum(s == "valid" for s in a.values()) <= 40  # about 10 %
     assert "valid" in data.assign_splits(["a", "b"]).values()  # tiny sets still get a held-out item
-
-
-def test_builtin_corpus_renders_real_scores(tmp_path, monkeypatch):
-    """Two styles, one clip each, from music21's bundled scores: captions say what the metadata says."""
-    pytest.importorskip("music21")
-    monkeypatch.setattr(data, "STYLES", {k: data.STYLES[k] for k in ("baroque chorale", "folk song")})
-    clips = data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=1, seed=0, workers=1)
-    bach, folk = clips
-    assert bach.style == "baroque chorale" and "baroque" in bach.caption and "J.S. Bach" in bach.caption
-    assert folk.style == "folk song" and folk.meta["region"] in folk.caption
-    for c in clips:
-        for field in (c.meta["key"], c.meta["meter"], c.meta["instrument"], f"{c.meta['bpm']} bpm"):
-            assert field in c.caption
-        wav, sr = sf.read(c.path)
-        assert sr == SR and len(wav) == 2 * SR and np.abs(wav).max() > 0.1
-    assert json.loads((tmp_path / "music21" / "baroque_chorale.json").read_text())  # parsed scores are cached
-    assert data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=1, seed=0, workers=1) == clips
-    # A bigger corpus starts with the smaller one: train.py's codec trains on the first clips of each style.
-    bigger = data.builtin_corpus(tmp_path, SR, clip_seconds=2.0, clips_per_style=2, seed=0, workers=1)
-    first = data.first_per_style(bigger, 1)
-    assert [c.style for c in bigger] == ["baroque chorale"] * 2 + ["folk song"] * 2 and len(first) == 2
-    for small, big in zip(clips, first):
-        # (the split is the piece's hash too, except in a corpus this tiny, where one piece is held out regardless)
-        assert (small.id, small.caption, small.meta) == (big.id, big.caption, big.meta)
-        assert np.array_equal(sf.read(small.path)[0], sf.read(big.path)[0])
-    assert data.first_per_style(bigger, 0) == bigger
 
 
 def write_folder(folder):
@@ -203,20 +133,3 @@ def test_augment_caption():
     assert all(not o.startswith(",") and ",," not in o for o in outs)
     assert data.augment_caption(caption, rng, drop_field=0.0, word_dropout=0.0) == caption
     assert data.augment_caption("one", rng, word_dropout=1.0) == "one"  # never empty
-
-
-def test_corpus_cache_is_found_from_another_directory(tmp_path, monkeypatch):
-    """The manifest stores paths relative to its folder: a relative cache dir keeps working after a cd."""
-    monkeypatch.chdir(tmp_path)
-    clips = data.synthetic_corpus("cache", SR, n=4, seconds=1.0, seed=0)
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")
-
-    def no_render(*args, **kwargs):
-        raise AssertionError("the cached corpus was rendered again")
-
-    monkeypatch.setattr(data.synth, "render", no_render)
-    again = data.synthetic_corpus("../cache", SR, n=4, seconds=1.0, seed=0)
-    assert [c.id for c in again] == [c.id for c in clips]
-    for old, new in zip(clips, again):
-        assert (tmp_path / old.path).samefile(new.path)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import corpus
 import data
 import evaluate as E
 import synth
@@ -60,13 +61,13 @@ def test_code_changes():
 
 
 def test_style_classifier_on_synthetic_styles(tmp_path):
-    clips = data.synthetic_corpus(tmp_path, SR, n=24, seconds=2.0, seed=1)
+    clips = corpus.synthetic_corpus(tmp_path, SR, n=24, seconds=2.0, seed=1)
     wav = torch.stack([data.clip_audio(c, SR) for c in clips])[:, 0]
     x = E.features(wav, SR)
     assert x.shape == (24, 216) and torch.isfinite(x).all()
     train = [i for i, c in enumerate(clips) if c.split == "train"]
     valid = [i for i, c in enumerate(clips) if c.split == "valid"]
-    judge = E.StyleClassifier(sorted(data.SYNTHETIC_STYLES)).fit(x[train], [clips[i].style for i in train])
+    judge = E.StyleClassifier(sorted(corpus.SYNTHETIC_STYLES)).fit(x[train], [clips[i].style for i in train])
     assert E.accuracy(judge.predict(x[train]), [clips[i].style for i in train]) == 1.0
     assert E.accuracy(judge.predict(x[valid]), [clips[i].style for i in valid]) >= 0.8
 

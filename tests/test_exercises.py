@@ -1,4 +1,5 @@
-"""Classroom exercises (exercises.py): the graders, and the machinery that cuts the exercises out and checks them.
+"""Classroom exercises (exercises.py): the graders, and the machinery that cuts the exercises out and checks them;
+and the classroom experiments (experiments.py) on a tiny setting.
 
 Two kinds of tests live here:
   * graders: small parity tests against transformers for pieces no other unit test pins down cheaply (sinusoids,
@@ -187,7 +188,7 @@ def test_copy_of_every_exercise_still_runs(tmp_path):
     with pytest.raises(exercises.ExerciseError, match="not empty"):
         exercises.make(copy, [], ROOT)
     script = ("import runpy, sys\n"
-              "import musicgen, chroma, t5_encoder, encodec_lite, evaluate, data, exercises\n"
+              "import musicgen, chroma, t5_encoder, encodec_lite, evaluate, data, corpus, exercises, experiments\n"
               "for script in ('sample.py', 'train.py'):  # python sample.py --help; python train.py --help\n"
               "    sys.argv = [script, '--help']\n"
               "    try:\n"
@@ -205,29 +206,36 @@ def test_copy_of_every_exercise_still_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# experiments on a tiny setting
+# experiments on a tiny setting (experiments.py imports train.py and the rest: imported by these tests alone, so
+# the graders above never depend on it)
 
 
 @pytest.mark.parametrize("kind", ["patterns", "codebooks", "text-encoder"])
 def test_experiment_help(kind, capsys):
+    import experiments
+
     with pytest.raises(SystemExit) as done:
-        exercises.main(["experiment", kind, "--help"])
+        experiments.main([kind, "--help"])
     assert done.value.code == 0 and "--table" in capsys.readouterr().out
 
 
 def test_experiment_codebooks_reads_the_training_corpus_by_default():
-    import data  # exercises.py keeps its CLI free of torch imports, so its default is a literal: keep them equal
-    assert exercises.parse_args(["experiment", "codebooks"]).clips_per_style == data.CLIPS_PER_STYLE
+    import corpus
+    import experiments
+
+    assert experiments.parse_args(["codebooks"]).clips_per_style == corpus.CLIPS_PER_STYLE
 
 
 @pytest.fixture(scope="module")
 def tiny_patterns(tmp_path_factory):
     """The patterns experiment on the synthetic corpus (no token cache given), a few steps: its table and dir."""
+    import experiments
+
     root = tmp_path_factory.mktemp("experiments")
     table = root / "patterns.md"
-    exercises.main(["experiment", "patterns", "--tokens", str(root / "none.pt"), "--out-dir", str(root),
-                    "--cache-dir", str(root / "cache"), "--steps", "2", "--batch", "2", "--frames", "20",
-                    "--eval-batches", "1", "--table", str(table)])
+    experiments.main(["patterns", "--tokens", str(root / "none.pt"), "--out-dir", str(root),
+                      "--cache-dir", str(root / "cache"), "--steps", "2", "--batch", "2", "--frames", "20",
+                      "--eval-batches", "1", "--table", str(table)])
     return root, table.read_text()
 
 
@@ -239,17 +247,19 @@ def test_experiment_patterns_runs(tiny_patterns):
 
 @meta
 def test_experiment_codebooks_runs(tiny_patterns, capsys):
+    import experiments
+
     root, _ = tiny_patterns
-    exercises.main(["experiment", "codebooks", "--model", str(root / "synthetic-tokens" / "codec"), "--data",
-                    "synthetic", "--clip-seconds", "3", "--cache-dir", str(root / "cache"), "--clips", "2"])
+    experiments.main(["codebooks", "--model", str(root / "synthetic-tokens" / "codec"), "--data",
+                      "synthetic", "--clip-seconds", "3", "--cache-dir", str(root / "cache"), "--clips", "2"])
     rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ") and l[2].isdigit()]
     assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "3", "4"]
 
 
 @meta
 def test_experiment_text_encoder_explains_how_to_get_t5(monkeypatch, capsys):
-    import checkpoints
+    import experiments
 
-    monkeypatch.setattr(checkpoints, "find_in_hf_cache", lambda repo: None)
-    exercises.main(["experiment", "text-encoder"])
+    monkeypatch.setattr(experiments, "find_in_hf_cache", lambda repo: None)
+    experiments.main(["text-encoder"])
     assert "--t5 models/t5-base" in capsys.readouterr().out

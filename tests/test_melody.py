@@ -90,7 +90,7 @@ def test_greedy_generation_with_guidance_matches_transformers(hf_melody, ours, m
     ids, mask = ours.tokenizer(PROMPTS)
     ref_codes, _ = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask,
                                       input_features=chroma.melody_chroma(melodies, SR))
-    codes = ours.generate_tokens(PROMPTS, T, cfg_coef=3.0, greedy=True, melody=melodies, melody_sample_rate=SR)
+    codes = ours.generate_tokens(PROMPTS, T, cfg_coef=3.0, temperature=0, melody=melodies, melody_sample_rate=SR)
     assert codes.shape == (2, 4, T)
     assert torch.equal(codes, ref_codes)
 
@@ -153,9 +153,9 @@ def test_the_melody_changes_the_logits_and_nothing_is_nan(tiny_mg, melodies):
     assert (out["sine"] - out["silence"]).abs().max() > 1e-3
     # and generation: different tunes give different music, silence and a sine run cleanly
     for wav in cases.values():
-        codes = mg.generate_tokens(["piano"] * 2, 8, greedy=True, melody=wav, melody_sample_rate=SR)
+        codes = mg.generate_tokens(["piano"] * 2, 8, temperature=0, melody=wav, melody_sample_rate=SR)
         assert codes.min() >= 0 and codes.max() < 64
-    tunes = mg.generate_tokens(["piano"] * 2, 8, greedy=True, melody=melodies, melody_sample_rate=SR)
+    tunes = mg.generate_tokens(["piano"] * 2, 8, temperature=0, melody=melodies, melody_sample_rate=SR)
     assert not torch.equal(tunes[0], tunes[1])
 
 
@@ -165,7 +165,7 @@ def test_cached_and_reference_loops_agree_with_a_prefix():
     condition, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     melody = chroma.melody_chroma(torch.stack([tune([60, 62]), tune([70, 65])])[:, None], SR)
     prompt = torch.randint(0, 64, (2, 4, 3))
-    runs = [loop(lm, condition, mask, 10, cfg_coef=3.0, greedy=True, chroma=melody, prompt=prompt)
+    runs = [loop(lm, condition, mask, 10, cfg_coef=3.0, temperature=0, chroma=melody, prompt=prompt)
             for loop in (M.generate_reference, M.generate)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0][:, :, :3], prompt)
 
@@ -183,7 +183,7 @@ def test_melody_inputs_are_checked(tiny_mg, melodies):
 def test_stereo_44k_melody_is_prepared_with_a_notice(tiny_mg, capsys):
     mg = tiny_mg
     stereo = tune([60, 67], sr=44100).expand(2, -1)  # [C, N] at 44.1 kHz
-    codes = mg.generate_tokens(["a", "b"], 4, greedy=True, melody=stereo, melody_sample_rate=44100)
+    codes = mg.generate_tokens(["a", "b"], 4, temperature=0, melody=stereo, melody_sample_rate=44100)
     assert codes.shape == (2, 4, 4)
     err = capsys.readouterr().err
     assert "downmixed" in err and "resampled" in err

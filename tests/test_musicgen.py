@@ -111,7 +111,7 @@ def test_greedy_generation_and_audio_match_transformers(hf_small, ours_small, hf
     T = 30
     ids, mask = ours_small.tokenizer(PROMPTS)
     ref_codes, ref_audio = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask)  # [B, K, T], audio
-    codes = ours_small.generate_tokens(PROMPTS, frames=T, cfg_coef=3.0, greedy=True)
+    codes = ours_small.generate_tokens(PROMPTS, frames=T, cfg_coef=3.0, temperature=0)
     assert codes.shape == ref_codes.shape == (2, 4, T)
     assert torch.equal(codes, ref_codes)
     wav = ours_small.codec.decode(codes)
@@ -138,7 +138,7 @@ def test_delay_and_parallel_revert_are_identities(K, T):
     codes = torch.randint(0, 2048, (2, K, T))
     assert M.delay_pattern(codes, 2048).shape == (2, K, T + K)
     assert torch.equal(M.revert_delay(M.delay_pattern(codes, 2048)), codes)
-    assert torch.equal(M.revert_parallel(M.parallel_pattern(codes, 2048)), codes)
+    assert torch.equal(M.parallel_pattern(codes, 2048)[:, :, 1:], codes)  # step t + 1 holds frame t
 
 
 def test_valid_target_mask_matches_the_pattern():
@@ -167,7 +167,7 @@ def test_cached_decoding_equals_full_forward():
     torch.testing.assert_close(last, full[:, :, 9], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("sampling", [dict(greedy=True), dict(top_k=10, temperature=1.2), dict(top_p=0.8)])
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(top_k=10, temperature=1.2), dict(top_p=0.8)])
 def test_reference_and_fast_generation_give_the_same_tokens(sampling):
     lm = tiny_lm(text_dim=768)
     condition, mask = text_condition()
@@ -225,6 +225,29 @@ def test_loss_ignores_special_and_invalid_targets():
     torch.testing.assert_close(lm.compute_loss(changed, condition, mask)[0], loss, atol=0, rtol=0)
     changed[:, 3, -4] = (changed[:, 3, -4] + 1) % 64  # a valid target: the loss must move
     assert not torch.isclose(lm.compute_loss(changed, condition, mask)[1][3], per_codebook[3])
+
+
+@pytest.mark.parametrize("pattern", ["delay", "parallel"])
+def test_unconditional_loss_of_both_patterns(pattern):
+    """condition None is the null condition; the parallel pattern's targets are all real tokens, the delay
+    pattern's skip codebook k's first k (special) targets."""
+    lm = tiny_lm(text_dim=768)
+    B, K, T = 2, 4, 8
+    codes = torch.randint(0, 64, (B, K, T))
+    loss, per_codebook = lm.compute_loss(codes, pattern=pattern)
+    null = torch.zeros(B, 1, 768), torch.zeros(B, 1, dtype=torch.long)
+    torch.testing.assert_close(per_codebook, lm.compute_loss(codes, *null, pattern=pattern)[1], atol=0, rtol=0)
+    layout = M.delay_pattern if pattern == "delay" else M.parallel_pattern
+    seq = layout(codes, 64)
+    logits = lm(seq[..., :T], *null)  # [B, K, T, N]: output step s predicts step s + 1
+    for k in range(K):
+        first = k if pattern == "delay" else 0  # the delay pattern's first k targets of codebook k are special
+        targets = seq[:, k, first + 1 : T + 1]  # [B, T - first]
+        expected = torch.nn.functional.cross_entropy(logits[:, k, first:].flatten(0, 1), targets.flatten())
+        torch.testing.assert_close(per_codebook[k], expected)
+    assert torch.isclose(loss, per_codebook.mean())
+    with pytest.raises(ValueError, match="pattern"):
+        lm.compute_loss(codes, pattern="interleaved")
 
 
 def test_input_noise_corrupts_inputs_only():

@@ -71,7 +71,7 @@ def batch(tokenizer):
 
 
 def test_relative_position_buckets_match_table_and_hf():
-    # facts §5.5: key−query distance -> bucket, 32 buckets, max distance 128
+    # key−query distance -> bucket, 32 buckets, max distance 128, as transformers' `modeling_t5.py` computes them
     table = {-200: 15, -128: 15, -127: 15, -64: 14, -32: 12, -16: 10, -12: 9, -9: 8, -8: 8, -7: 7, -1: 1, 0: 0,
              1: 17, 7: 23, 8: 24, 9: 24, 12: 25, 16: 26, 32: 28, 64: 30, 127: 31, 128: 31, 200: 31}
     rel = torch.tensor(list(table))
@@ -172,12 +172,14 @@ def test_our_save_loads_in_transformers(tmp_path, ff):
 
 def test_config_from_hf_dict_and_presets():
     hf = transformers.T5Config(**T5_BASE).to_dict()
-    cfg = T5Config.from_hf(hf)
-    assert cfg == T5_PRESETS["t5-base"]
-    assert T5Config.from_hf({"model_type": "t5"}) == T5_PRESETS["t5-small"]  # missing fields: transformers' defaults
+    config = T5Config.from_hf(hf)
+    assert config == T5_PRESETS["t5-base"]
+    # a config.json that leaves fields out gets transformers' defaults (the t5-small sizes), as in transformers
+    defaults = {f.name: getattr(transformers.T5Config(), f.name) for f in dataclasses.fields(T5Config)}
+    assert T5Config.from_hf({"model_type": "t5"}) == T5Config(**defaults)
     flan = transformers.T5Config(feed_forward_proj="gated-gelu", d_model=768, num_layers=12, num_heads=12, d_ff=2048)
     assert T5Config.from_hf(flan.to_dict()).feed_forward_proj == "gated-gelu"
-    assert T5Config.from_hf(cfg.to_hf()) == cfg
+    assert T5Config.from_hf(config.to_hf()) == config
     with pytest.raises(ValueError, match="gated-silu"):
         T5Config(feed_forward_proj="gated-silu")
 

@@ -35,9 +35,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    cfg = replace(train.CONFIGS["tiny"], out_dir=str(root / "base"), cache_dir=str(root / "cache"), samples=0)
-    train.run(cfg, stage="tokens")
-    return cfg
+    config = replace(train.CONFIGS["tiny"], out_dir=str(root / "base"), cache_dir=str(root / "cache"), samples=0)
+    train.run(config, stage="tokens")
+    return config
 
 
 def fresh_copy(prepared, tmp_path, name="run", **changes):
@@ -47,42 +47,51 @@ def fresh_copy(prepared, tmp_path, name="run", **changes):
     return replace(prepared, out_dir=str(out), **changes)
 
 
-def train_losses(cfg):
-    rows = [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+def train_losses(config):
+    rows = [json.loads(line) for line in (Path(config.out_dir) / "log.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def test_config_cli_and_schedule(capsys):
-    cfg, stage = train.parse_args(["--config", "tiny", "--max_steps=7", "--init-from", "somewhere", "--stage", "codec"])
-    assert (cfg.max_steps, cfg.init_from, cfg.lm, stage) == (7, "somewhere", "tiny", "codec")
+    config, stage = train.parse_args(["--config", "tiny", "--max_steps=7", "--init-from", "somewhere", "--stage",
+                                      "codec"])
+    assert (config.max_steps, config.init_from, config.lm, stage) == (7, "somewhere", "tiny", "codec")
     assert train.parse_args(["--config", "gpu"])[0].out_dir == "out/gpu"
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     help_text = capsys.readouterr().out
     assert all(name in help_text for name in train.CONFIGS) and "--cond_dropout" in help_text
     # Paper §3.1: linear warm-up to lr, cosine down to min_lr
-    cfg = replace(train.CONFIGS["small"], max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
-    lrs = [train.learning_rate(s, cfg) for s in range(1000)]
+    config = replace(train.CONFIGS["small"], max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
+    lrs = [train.learning_rate(s, config) for s in range(1000)]
     assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[99:], lrs[100:])) and lrs[-1] == pytest.approx(1e-4, rel=1e-3)
 
 
+def test_configs_train_the_lm_presets_they_name():
+    """The LM a config trains is the musicgen preset it names, exactly: nothing resizes it on the way."""
+    assert all(config.lm in musicgen.PRESETS for config in train.CONFIGS.values())
+    assert (train.CONFIGS["small"].lm, train.CONFIGS["gpu"].lm, train.CONFIGS["tiny"].lm) == ("small", "base", "tiny")
+    sizes = {name: (p.dim, p.num_layers, p.num_heads, p.ffn_dim) for name, p in musicgen.PRESETS.items()}
+    assert sizes["small"] == (192, 4, 3, 768) and sizes["base"] == (512, 8, 8, 2048)
+
+
 def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
-    cfg = fresh_copy(prepared, tmp_path, samples=1)
-    lm = train.run(cfg)
-    out = Path(cfg.out_dir)
-    losses = train_losses(cfg)
-    assert sorted(losses) == list(range(1, cfg.max_steps + 1))
-    assert losses[cfg.max_steps] < losses[1]  # it learns something even in 6 steps
+    config = fresh_copy(prepared, tmp_path, samples=1)
+    lm = train.run(config)
+    out = Path(config.out_dir)
+    losses = train_losses(config)
+    assert sorted(losses) == list(range(1, config.max_steps + 1))
+    assert losses[config.max_steps] < losses[1]  # it learns something even in 6 steps
     # the export is a MusicGen directory that loads and generates; the LM in it is the one trained
     mg = musicgen.MusicGen.from_pretrained(out)
-    assert mg.guidance == cfg.guidance  # the export generates with the config's guidance by default
+    assert mg.guidance == config.guidance  # the export generates with the config's guidance by default
     for name, tensor in lm.state_dict().items():
         torch.testing.assert_close(mg.lm.state_dict()[name], tensor.cpu())
     wav = mg.generate(["flute melody"], duration=0.5, seed=0)
     assert wav.shape == (1, 1, int(0.5 * mg.sample_rate)) and torch.isfinite(wav).all()
     sample, rate = data.audio.read(out / "samples" / "00.wav")
-    assert rate == mg.sample_rate and sample.shape[-1] == int(cfg.sample_seconds * rate)
+    assert rate == mg.sample_rate and sample.shape[-1] == int(config.sample_seconds * rate)
     assert (out / "samples" / "prompts.txt").read_text().startswith("00.wav\t")
     # the user's path: sample.py finds the exported model
     if (ROOT / "sample.py").exists():
@@ -133,36 +142,67 @@ def test_resume_after_interruption_is_exact(prepared, tmp_path, monkeypatch):
         assert torch.equal(a[name], b[name]), name
 
 
+def test_codec_stage_resumes_exactly(prepared, tmp_path, monkeypatch):
+    """The codec stage runs in the same loop as the LM: Ctrl-C, rerun, and the codec is the uninterrupted one."""
+    straight = replace(prepared, out_dir=str(tmp_path / "straight"), codec_steps=8)
+    train.run(straight, stage="codec")
+
+    resumed = replace(straight, out_dir=str(tmp_path / "resumed"))
+    real = data.audio_batch
+
+    def batch(clips, step, *args, **kwargs):
+        if step == 4:  # Ctrl-C during step 4 (after the quantizer warm-up): it finishes, saves at 5, exits
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(clips, step, *args, **kwargs)
+
+    monkeypatch.setattr(data, "audio_batch", batch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(resumed, stage="codec")
+    assert train.read_step(Path(resumed.out_dir) / "codec_ckpt.pt") == 5
+    assert not (Path(resumed.out_dir) / "codec").exists()
+    monkeypatch.undo()
+    train.run(resumed, stage="codec")
+
+    def rows(config):  # the codec log without its timing column
+        lines = (Path(config.out_dir) / "codec_log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in lines]
+
+    assert rows(resumed) == rows(straight) and [r["step"] for r in rows(straight)] == list(range(1, 9))
+    a, b = load_state_dict(Path(straight.out_dir) / "codec"), load_state_dict(Path(resumed.out_dir) / "codec")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_corrupt_or_mismatched_checkpoint_gives_clear_error(prepared, tmp_path, capsys):
-    cfg = fresh_copy(prepared, tmp_path, max_steps=1)
-    train.run(cfg)
-    ckpt = Path(cfg.out_dir) / "ckpt.pt"
+    config = fresh_copy(prepared, tmp_path, max_steps=1)
+    train.run(config)
+    ckpt = Path(config.out_dir) / "ckpt.pt"
     good = ckpt.read_bytes()
 
     # a model of another size: the differing sizes are named
     with pytest.raises(CheckpointError, match=r"different model(.|\n)*lm\.num_layers: checkpoint 2 vs now 3"):
-        run_with_lm_layers(cfg, 3)
+        run_with_lm_layers(config, 3)
 
     # truncated (a copy interrupted half-way, e.g. by hand) and garbage
     for content in (good[: len(good) // 2], b"not a checkpoint at all"):
         ckpt.write_bytes(content)
         with pytest.raises(CheckpointError, match="corrupt"):
-            train.run(replace(cfg, max_steps=2))
+            train.run(replace(config, max_steps=2))
 
     # from the command line: one line of error, exit code 1, no traceback
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--config", "tiny", "--out_dir", cfg.out_dir, "--cache_dir", cfg.cache_dir, "--max_steps", "2"])
+        train.main(["--config", "tiny", "--out_dir", config.out_dir, "--cache_dir", config.cache_dir,
+                    "--max_steps", "2"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "error:" in err and "corrupt" in err and "Traceback" not in err
 
 
-def run_with_lm_layers(cfg, layers):
+def run_with_lm_layers(config, layers):
     """The tiny LM preset with another depth (as if the user had changed --lm)."""
     original = musicgen.PRESETS["tiny"]
     musicgen.PRESETS["tiny"] = replace(original, num_layers=layers)
     try:
-        train.run(replace(cfg, max_steps=2))
+        train.run(replace(config, max_steps=2))
     finally:
         musicgen.PRESETS["tiny"] = original
 
@@ -189,7 +229,7 @@ def test_ddp_two_processes_match_one_process(prepared, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path, monkeypatch):
-    cfg = fresh_copy(prepared, tmp_path)  # checkpoints every 3 steps
+    config = fresh_copy(prepared, tmp_path)  # checkpoints every 3 steps
     real = musicgen.LM.compute_loss
     calls = {"train": 0}
 
@@ -203,8 +243,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path, monke
 
     monkeypatch.setattr(musicgen.LM, "compute_loss", poisoned)
     with pytest.raises(train.TrainingError, match=r"(?s)nan.*step 4.*ckpt.pt \(step 3\)"):
-        train.run(cfg)
-    ckpt = torch.load(Path(cfg.out_dir) / "ckpt.pt", weights_only=True)
+        train.run(config)
+    ckpt = torch.load(Path(config.out_dir) / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 3
     assert all(torch.isfinite(t).all() for t in ckpt["lm"].values())
-    assert not (Path(cfg.out_dir) / "model.safetensors").exists()  # nothing exported from a diverged run
+    assert not (Path(config.out_dir) / "model.safetensors").exists()  # nothing exported from a diverged run
