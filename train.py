@@ -496,8 +496,7 @@ def build_models(config, codec, tokens, proc):
     else:
         spiece = Path(config.out_dir) / "text" / "spiece.model"
         if proc.main and not spiece.exists():  # one process learns the vocabulary, the others wait, then read it
-            captions = [c for c, s in zip(tokens.captions, tokens.splits) if s == "train"]
-            T5Tokenizer.train(captions, spiece, config.vocab_size)
+            T5Tokenizer.train(tokens.select("train").captions, spiece, config.vocab_size)
         proc.barrier()  # spiece.model is written
         tokenizer = T5Tokenizer(spiece)
         t5_config = replace(T5_PRESETS[config.t5_preset], vocab_size=tokenizer.vocab_size, dropout_rate=config.dropout)
@@ -639,7 +638,7 @@ def stage_lm(config, codec, tokens, proc):
               f"{config.batch_size} x {steps.frames} frames ({config.segment_seconds:g} s); {proc.world} process(es) "
               f"on {proc.device}")
     # the loss of a model that ignores all context: the LM's cross-entropy must go well below it
-    entropy = unigram_entropy(torch.cat([c for c, s in zip(tokens.codes, tokens.splits) if s == "train"], dim=-1))
+    entropy = unigram_entropy(torch.cat(steps.train_set.codes, dim=-1))  # [K, all training frames]
     say(proc, "[lm] unigram entropy per codebook (the loss of a context-free guess): "
               + " / ".join(f"{h:.2f}" for h in entropy))
     train_steps(steps, config, proc)
