@@ -6,7 +6,8 @@ bench.py: how fast are we, next to Hugging Face transformers, on the same weight
 
 Each section builds a reference model with `transformers` (random weights at the released size: these machines
 cannot download the real ones, and speed does not depend on the values), saves it, loads the same files with our
-code, times both and prints the ratio. Timings are the median of several runs after a warm-up.
+code, times both and prints the ratio. Timings are the median of several runs after a warm-up. The train section
+has no reference: it prints the laptop recipe's codec and LM steps/s, to compare two versions of our code.
 Needs the dev requirements (transformers) on top of the runtime ones.
 """
 
@@ -263,7 +264,44 @@ def bench_chroma(args):
 # --- end section: chroma ---
 
 
-SECTIONS = {"t5": bench_t5, "encodec": bench_encodec, "generate": bench_generate, "chroma": bench_chroma}
+# --- section: train ---
+def bench_train(args, codec_steps=40, lm_steps=40):
+    """The laptop recipe's training speed: steps/s of train.py's codec and LM steps (`python train.py --config
+    small`, its models and batch sizes) on 24 synthetic 4 s clips, so that no corpus needs rendering. Compare two
+    versions by running this section on each, one after the other, on an otherwise idle machine."""
+    from dataclasses import replace
+
+    import corpus
+    import data
+    import train
+
+    config = replace(train.CONFIGS["small"], out_dir=args.tmp, cache_dir=args.tmp)
+    clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24, seconds=4.0)
+    stop = train.StopRequest()
+    stop.requested = False  # never asked to stop: the steps below only read the flag
+
+    def steps_per_s(stage, n):
+        """Steps/s of stage.step + stage.update over n steps, after 3 warm-up steps."""
+        for step in range(3):
+            stage.step(step, stop)
+            stage.update()
+        t0 = time.perf_counter()
+        for step in range(3, 3 + n):
+            stage.step(step, stop)
+            stage.update()
+        return n / (time.perf_counter() - t0)
+
+    codec_stage = train.CodecSteps(config, data.select(clips, "train"), "cpu")
+    codec_stage.warmup = 0  # time the quantised steps, which most of a run is
+    print(f"  codec step ({config.codec_batch} x {config.codec_crop_seconds:g} s)   {steps_per_s(codec_stage, codec_steps):6.2f} steps/s")
+    tokens = data.tokenize(codec_stage.codec.eval(), clips, f"{args.tmp}/tokens.pt")
+    lm_stage = train.LMSteps(config, codec_stage.codec, tokens, train.Processes())
+    print(f"  LM step ({config.batch_size} x {config.segment_seconds:g} s)       {steps_per_s(lm_stage, lm_steps):6.2f} steps/s")
+# --- end section: train ---
+
+
+SECTIONS = {"t5": bench_t5, "encodec": bench_encodec, "generate": bench_generate, "chroma": bench_chroma,
+            "train": bench_train}
 
 
 def main():

@@ -26,6 +26,10 @@ lm:
                       codec reconstructions of it (generated audio comes out of the same decoder; see
                       prompt_following). This is our stand-in for the paper's KL / CLAP "does the audio match the
                       text" metrics.
+    note events       per style, how often the dominant pitch class moves to a new one (and how many onsets)
+                      per second in the generated clips, over the same in the held-out real clips (and their codec
+                      reconstructions): 1 moves as often as the real music, near 0 holds chords and drones, which
+                      the judges above can miss (target ≥ 0.8 on average, ≥ 0.6 for every style)
 
 The corpus options must match the ones the model was trained with (train.py's defaults are the defaults here).
 """
@@ -98,6 +102,52 @@ def chroma_agreement(ref, est, sample_rate):
     a = chroma.chromagram(ref[:, None], sample_rate, **kw).argmax(-1)  # [B, frames]
     b = chroma.chromagram(est[:, None], sample_rate, **kw).argmax(-1)
     return (a == b).float().mean(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Note events: does the music move? The style judge below hears timbre and register; a drone in the right timbre
+# passes it. Counting notes needs no transcription: a melody shows up as the loudest pitch class changing, and a
+# repeated note as a burst of new energy (an onset).
+
+NOTE_FRAME_SECONDS = 0.1  # one decision per 0.1 s: a sixteenth note at 150 bpm still gets a frame of its own
+
+
+def note_frames(wav, sample_rate):
+    """[B, N] -> (dominant pitch class [B, T], -1 where the frame is silent; onset [B, T] bool), 0.1 s frames."""
+    from encodec_lite import mel_filterbank
+
+    hop = round(NOTE_FRAME_SECONDS * sample_rate)
+    n_fft = 2 ** round(math.log2(1.3 * hop))  # ~0.13 s: short enough for fast notes, 8 Hz bins at 16 kHz
+    power = chroma.power_spectrogram(_flat(wav), n_fft, hop)  # [B, F, T]
+    classes = torch.einsum("cf,bft->bct", chroma.chroma_filter_bank(sample_rate, n_fft), power)  # [B, 12, T]
+    energy = power.sum(1)  # [B, T]
+    sounding = energy > 1e-3 * energy.amax(-1, keepdim=True)  # within 30 dB of the clip's loudest frame
+    dominant = torch.where(sounding, classes.argmax(1), -1)
+    # Spectral flux: by how many dB the spectrum gets louder from one frame to the next, averaged over 32 mel
+    # bands. A note that starts is a peak of it, also when it repeats the pitch of the note before.
+    bands = 10 * torch.log10(mel_filterbank(sample_rate, n_fft, 32) @ power + 1e-8 * energy.amax())  # [B, 32, T]
+    flux = F.pad((bands[..., 1:] - bands[..., :-1]).clamp(min=0).mean(1), (1, 0))  # [B, T], frame 0: no rise
+    peak = (flux >= F.pad(flux[:, :-1], (1, 0))) & (flux >= F.pad(flux[:, 1:], (0, 1)))
+    return dominant, peak & (flux > ONSET_DB) & sounding
+
+
+ONSET_DB = 3.0  # a frame whose bands get 3 dB louder on average: a new note, not the wobble of a held one
+
+
+def note_events(wav, sample_rate):
+    """[B, N] -> {"pitch_changes": [B], "onsets": [B]}, per second. A pitch change is the dominant pitch class
+    moving to a new one that holds for two frames, so that the flicker of a held chord between two of its notes
+    does not count. Onsets also count repeated notes, but a held note that wobbles in loudness makes some too:
+    pitch changes are the headline measure."""
+    dominant, onset = note_frames(wav, sample_rate)
+    change = torch.zeros_like(onset)
+    for b, row in enumerate(dominant.tolist()):
+        held = row[0]  # the last pitch class that held for two frames
+        for t in range(1, len(row) - 1):
+            if row[t] >= 0 and row[t] == row[t + 1] and row[t] != held:
+                change[b, t], held = held >= 0, row[t]  # from silence to a note: an onset, not a change
+    seconds = _flat(wav).shape[-1] / sample_rate
+    return {"pitch_changes": change.sum(-1) / seconds, "onsets": onset.sum(-1) / seconds}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,15 +277,18 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
 
 @torch.no_grad()
 def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
-    """Does the generated music have the prompted style? Generate from held-out captions of each style and let two
-    judges label the results:
+    """Does the generated music have the prompted style, and does it move like the music it learnt from? Generate
+    from held-out captions of each style, let two judges label the results, and count their note events.
 
     * the real-audio judge, trained on the training clips' real audio (checked on the held-out real clips). Generated
       audio also went through the codec's decoder, so we report how this judge does on codec reconstructions of
       the held-out real clips too: that is the ceiling a given codec sets, whatever the LM does;
     * the codec judge, trained on codec reconstructions of the training clips (encode → decode). It hears the same
       codec artefacts as the generated clips, so what it measures is whether the LM picks the tokens of the prompted
-      style — the paper's KL/CLAP question — separately from the codec's fidelity (the codec metrics above)."""
+      style — the paper's KL/CLAP question — separately from the codec's fidelity (the codec metrics above);
+    * note events per second (note_event_rates) of the generated clips, against the held-out real clips of the same
+      style and their codec reconstructions. Counted on the clips the judges label: noise would raise the count,
+      but the judges would not take it for the style."""
     sr = mg.sample_rate
     train, valid = data.select(clips, "train"), data.select(clips, "valid")
     styles = sorted({c.style for c in clips if c.style})
@@ -249,34 +302,50 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
             if through_codec:
                 wav = mg.codec.decode(mg.codec.encode(wav)).cpu()[..., : wav.shape[-1]]
             for start in range(0, wav.shape[-1] - n + 1, n):
-                x.append(features(wav[:, 0, start : start + n], sr))
+                x.append(wav[:, 0, start : start + n])
                 y += [c.style for c in batch]
-        return torch.cat(x), y  # features [M, 216], style names [M]
+        return torch.cat(x), y  # waveforms [M, n], style names [M]
 
-    real_judge = StyleClassifier(styles).fit(*crops(train))
-    codec_judge = StyleClassifier(styles).fit(*crops(train, through_codec=True))
-    x_real, y_valid = crops(valid)
-    x_codec, _ = crops(valid, through_codec=True)
+    train_wav, train_styles = crops(train)
+    real_judge = StyleClassifier(styles).fit(features(train_wav, sr), train_styles)
+    codec_judge = StyleClassifier(styles).fit(features(crops(train, through_codec=True)[0], sr), train_styles)
+    real, valid_styles = crops(valid)
+    reconstructed, _ = crops(valid, through_codec=True)
     prompts, truth = [], []
     for style in styles:  # the same number of prompts per style: the accuracy weighs every style equally
         pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]  # held-out first
         for i in range(per_style):
             prompts.append(pool[i % len(pool)].caption)
             truth.append(style)
-    generated = []
-    for i in range(0, len(prompts), batch):
-        wav = mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()  # [b, 1, n]
-        generated.append(features(wav[:, 0, :n], sr))
-    generated = torch.cat(generated)
-    predicted = codec_judge.predict(generated)  # the headline number uses the codec judge
+    generated = torch.cat([mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()[:, 0, :n]
+                           for i in range(0, len(prompts), batch)])  # [M, n]
+    x_real, x_codec, x_generated = features(real, sr), features(reconstructed, sr), features(generated, sr)
+    predicted = codec_judge.predict(x_generated)  # the headline number uses the codec judge
     return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
-            "judge_accuracy_real": accuracy(real_judge.predict(x_real), y_valid),
-            "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), y_valid),
-            "accuracy_generated_real_judge": accuracy(real_judge.predict(generated), truth),
-            "codec_judge_accuracy": accuracy(codec_judge.predict(x_codec), y_valid),
+            "judge_accuracy_real": accuracy(real_judge.predict(x_real), valid_styles),
+            "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), valid_styles),
+            "accuracy_generated_real_judge": accuracy(real_judge.predict(x_generated), truth),
+            "codec_judge_accuracy": accuracy(codec_judge.predict(x_codec), valid_styles),
             "accuracy_generated": accuracy(predicted, truth),
             "confusion": confusion_matrix(truth, predicted, styles),
-            "confusions": [[p, t, q] for p, t, q in zip(prompts, truth, predicted) if t != q]}
+            "confusions": [[p, t, q] for p, t, q in zip(prompts, truth, predicted) if t != q],
+            "note_events": note_event_rates(styles, sr, real=(real, valid_styles),
+                                            reconstructed=(reconstructed, valid_styles), generated=(generated, truth))}
+
+
+def note_event_rates(styles, sample_rate, **clips):
+    """clips: {name: (wav [M, n], style of each [M])} with names real, reconstructed, generated -> per name and
+    style the mean rate of each note_events measure; per measure and style the ratio generated / real, and the
+    headline: the mean over styles of the pitch-change ratio (1 moves as often as the real music, 0 is a drone)."""
+    out = {}
+    for name, (wav, labels) in clips.items():
+        rates = note_events(wav, sample_rate)  # {measure: [M]}
+        out[name] = {style: {measure: float(r[torch.tensor([s == style for s in labels])].mean())
+                             for measure, r in rates.items()} for style in styles}
+    out["ratio"] = {style: {measure: generated / max(out["real"][style][measure], 1e-6)
+                            for measure, generated in out["generated"][style].items()} for style in styles}
+    out["mean_ratio"] = sum(out["ratio"][style]["pitch_changes"] for style in styles) / len(styles)
+    return out
 
 
 def confusion_matrix(truth, predicted, styles):
@@ -317,6 +386,20 @@ def print_lm(r):
         print(" " * 32 + " ".join(f"{s[:5]:>5}" for s in p["styles"]))
         for style, row in zip(p["styles"], p["confusion"]):
             print(f"      {style:<26}" + " ".join(f"{n:5d}" for n in row))
+        print_note_events(p["note_events"], p["styles"])
+
+
+def print_note_events(r, styles):
+    """Note events per second by style: real held-out clips, their reconstructions, the generated clips, ratios."""
+    print(f"  note events per second, generated / real pitch changes: mean {r['mean_ratio']:.2f} (target >= 0.8)")
+    print(" " * 32 + "pitch changes per second       onsets per second")
+    print(" " * 32 + ("real codec   gen ratio" + " " * 8) * 2)
+    for style in styles:
+        line = f"      {style:<26}"
+        for measure in ("pitch_changes", "onsets"):
+            rates = [r[name][style][measure] for name in ("real", "reconstructed", "generated")]
+            line += "".join(f"{x:<6.2f}" for x in rates) + f"{r['ratio'][style][measure]:<5.2f}" + " " * 8
+        print(line)
 
 
 def main(argv=None):

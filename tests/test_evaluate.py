@@ -55,6 +55,18 @@ def test_chroma_agreement(music):
     assert E.chroma_fft(32000) == 2**14 and E.chroma_fft(16000) == 2**13
 
 
+def test_note_events():
+    """A melody of 8 notes in 2 s moves about 3.5 times per second (its first note is an onset, not a change); a
+    held tone, even one that swells in loudness, does not move at all."""
+    melody = synth.render([synth.Note(0.25 * i, 0.25, 60 + [0, 2, 4, 5, 7, 9, 11, 12][i], 90) for i in range(8)],
+                          SR, "flute", seconds=2.0, seed=0)
+    t = torch.arange(2 * SR) / SR
+    swelling = tone(69)[0, 0] * (1 + 0.3 * torch.sin(2 * math.pi * 1.5 * t))
+    rates = E.note_events(torch.stack([torch.from_numpy(melody), swelling]), SR)
+    assert 3.0 <= rates["pitch_changes"][0] <= 4.0 and rates["pitch_changes"][1] == 0
+    assert rates["onsets"][0] >= 2.5 and rates["onsets"][1] <= 0.5
+
+
 def test_code_changes():
     codes = torch.tensor([[[1, 1, 1, 1, 1], [1, 2, 1, 2, 1]], [[3, 3, 4, 4, 4], [5, 6, 7, 8, 9]]])  # [B=2, K=2, T=5]
     assert torch.equal(E.code_changes(codes), torch.tensor([1 / 8, 1.0]))  # codebook 1: one change in 8 steps
@@ -105,6 +117,11 @@ def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
     assert [sum(row) for row in m] == [1, 1, 1]
     assert sum(m[i][i] for i in range(3)) / 3 == pytest.approx(p["accuracy_generated"])
     assert "by prompted style (rows)" in printed
+    events = p["note_events"]
+    for name in ("real", "reconstructed", "generated"):
+        assert all(events[name][s]["pitch_changes"] >= 0 and events[name][s]["onsets"] >= 0 for s in p["styles"])
+    assert set(events["ratio"]) == set(p["styles"]) and math.isfinite(events["mean_ratio"])
+    assert "note events per second" in printed
 
 
 def test_confusion_matrix():
