@@ -198,6 +198,33 @@ def uninitialised(cls, config):
     return module.to_empty(device="cpu")
 
 
+# ----------------------------------------------------------------------------- the device
+
+
+def pick_device(name="auto"):
+    """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps' -> a torch.device, or a one-line
+    CheckpointError naming the device and what to do, before any model is loaded."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device '{name}': this PyTorch has no CUDA GPU to use (a CPU build, or no GPU "
+                              "found); use --device cpu, or install the CUDA build of PyTorch (see the README)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CheckpointError(f"device '{name}': only {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CheckpointError(f"device '{name}': MPS (Apple silicon) is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CheckpointError(f"device '{name}' is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
 # ----------------------------------------------------------------------------- writing
 
 

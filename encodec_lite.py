@@ -498,7 +498,7 @@ class EncodecLite(nn.Module):
 
         Audio at another sample rate (pass `sample_rate`) is resampled and stereo is downmixed, with a notice."""
         wav = audio.prepare(wav, sample_rate, self.sample_rate, self.config.audio_channels, what="audio to encode")
-        return self.quantizer.encode(self.encoder(wav.to(self.device)))
+        return self.quantizer.encode(self.encoder(wav.to(self.device, self.quantizer.layers[0].codebook.embed.dtype)))
 
     @torch.no_grad()
     def decode(self, codes):
