@@ -5,6 +5,7 @@ Every model in this project (T5 encoder, EnCodec, the MusicGen LM) loads the pub
 checkpoints and saves its own in the same layout, so one small set of helpers serves them all:
 
     resolve_model_dir(name_or_path)   a local directory, or a model already in the HF cache (never downloads)
+    download(repo_id)                 the one opt-in exception: fetch a hub repo into the HF cache
     read_config(dir)                  config.json as a dict, with a clear error if it is missing
     load_state_dict(dir, prefix)      every tensor of model.safetensors / a sharded index / pytorch_model.bin
     load_into(module, state_dict)     copy tensors into a module; missing, unexpected or misshapen tensors are
@@ -32,17 +33,16 @@ Training checkpoints:
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
-# Appended to every "model not found" error: this project never downloads, so it says how to.
-HF_HUB_HINT = (
-    "Download it once on a machine with network access, e.g.\n"
-    "    huggingface-cli download {repo} --local-dir {dir}\n"
-    "and pass that directory."
-)
+# Appended to a "model not found" error for a hub id: nothing downloads unasked, so it says how to.
+HF_HUB_HINT = ("Download it once with `hf download {repo} --local-dir {dir}` and pass that directory, or let "
+               "checkpoints.download fetch it into the cache (sample.py --download).")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name, e.g. facebook/musicgen-small
 
 
 class CheckpointError(ValueError):
@@ -60,13 +60,23 @@ def hf_cache_dir():
     return Path(hf_home) / "hub"  # HF_HOME (default ~/.cache/huggingface) holds the hub cache in hub/
 
 
+def is_hub_id(name):
+    """Whether `name` reads as a hub repo id 'owner/name' (not a path such as /x/y, ./x or ~/x)."""
+    return HUB_ID.fullmatch(str(name)) is not None
+
+
 def find_in_hf_cache(repo_id):
-    """The newest snapshot directory of `repo_id` (e.g. 'facebook/musicgen-small') in the HF cache, or None."""
-    # the hub's layout: models--<org>--<name>/snapshots/<commit hash>/ holds the files of each downloaded revision
-    snapshots = hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
-    if not snapshots.is_dir():
+    """The snapshot directory of `repo_id` (e.g. 'facebook/musicgen-small') in the HF cache, or None: the one
+    refs/main names, else the newest complete one."""
+    # the hub's layout: models--<org>--<name>/snapshots/<commit hash>/ holds the files of each downloaded revision,
+    # and refs/main holds the hash of the revision the last download of the main branch fetched
+    repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    main = repo / "refs" / "main"
+    if main.is_file() and (repo / "snapshots" / main.read_text().strip() / "config.json").exists():
+        return repo / "snapshots" / main.read_text().strip()
+    if not (repo / "snapshots").is_dir():
         return None
-    candidates = [p for p in snapshots.iterdir() if (p / "config.json").exists()]  # complete snapshots only
+    candidates = [p for p in (repo / "snapshots").iterdir() if (p / "config.json").exists()]  # complete ones only
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None  # the newest
 
 
@@ -79,13 +89,33 @@ def resolve_model_dir(name_or_path):
         return path
     if path.exists():
         raise CheckpointError(f"{name_or_path} is a file; expected a model directory holding config.json.")
-    cached = find_in_hf_cache(str(name_or_path)) if "/" in str(name_or_path) else None  # hub ids are "org/name"
+    if not is_hub_id(name_or_path):
+        raise CheckpointError(f"No model directory '{name_or_path}': it does not exist.")
+    cached = find_in_hf_cache(str(name_or_path))
     if cached is not None:
         return cached
     raise CheckpointError(
-        f"No model directory '{name_or_path}' on disk and no copy in the Hugging Face cache ({hf_cache_dir()}).\n"
+        f"No model directory '{name_or_path}' on disk and no copy in the Hugging Face cache ({hf_cache_dir()}). "
         + HF_HUB_HINT.format(repo=name_or_path, dir="models/" + Path(str(name_or_path)).name)
     )
+
+
+def download(repo_id):
+    """Fetch hub repo `repo_id` into the Hugging Face cache -> its snapshot directory. The only network access in
+    the project, and only when asked for (sample.py --download): the config, the safetensors weights, the tokenizer."""
+    if not is_hub_id(repo_id):
+        raise CheckpointError(f"'{repo_id}' is not a hub id: downloads need owner/name, e.g. facebook/musicgen-small")
+    try:
+        from huggingface_hub import snapshot_download  # optional: only downloading needs it
+    except ImportError:
+        raise CheckpointError("downloading needs huggingface_hub: pip install huggingface_hub") from None
+    try:  # *.json: config + generation config (+ a shard index); *.model: spiece.model; not the duplicate .bin files
+        path = snapshot_download(repo_id, cache_dir=hf_cache_dir(), allow_patterns=["*.json", "*.safetensors",
+                                                                                    "*.model"])
+    except Exception as e:  # no network, no such repo, a gated one...: the reason in one line
+        raise CheckpointError(f"could not download {repo_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "check the id, the network and that HF_HUB_OFFLINE is not set") from None
+    return Path(path)
 
 
 def read_config(model_dir):
@@ -93,8 +123,8 @@ def read_config(model_dir):
     path = Path(model_dir) / "config.json"
     if not path.exists():
         raise CheckpointError(
-            f"{model_dir} has no config.json, so it is not a Hugging Face-format model directory.\n"
-            + HF_HUB_HINT.format(repo="<repo id>", dir=model_dir)
+            f"{model_dir} has no config.json, so it is not a Hugging Face-format model directory. "
+            + HF_HUB_HINT.format(repo="<owner/name>", dir=model_dir)
         )
     with open(path) as f:
         return json.load(f)  # the model's sizes, in the Hugging Face names
@@ -123,8 +153,8 @@ def weight_files(model_dir):
             return [model_dir / s for s in shards]
         return [path]  # the first name found: safetensors before the older pickled .bin
     raise CheckpointError(
-        f"No weights in {model_dir}: expected one of {', '.join(WEIGHT_FILES)}.\n"
-        + HF_HUB_HINT.format(repo="<repo id>", dir=model_dir)
+        f"No weights in {model_dir}: expected one of {', '.join(WEIGHT_FILES)}. "
+        + HF_HUB_HINT.format(repo="<owner/name>", dir=model_dir)
     )
 
 
@@ -238,6 +268,9 @@ def atomic_write(path, write_fn):
     os.close(fd)  # write_fn opens the file by name
     try:
         write_fn(tmp)
+        umask = os.umask(0)  # the only way to read the umask is to set it: put it straight back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600): give it the mode a plain open() would
         os.replace(tmp, path)  # atomic on POSIX and Windows: the old file or the new one, never a mix
     finally:
         if os.path.exists(tmp):  # write_fn failed: leave no temporary behind

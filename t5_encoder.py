@@ -84,7 +84,7 @@ class T5Tokenizer:
             raise checkpoints.CheckpointError(
                 f"No spiece.model in {model_dir}: the T5 tokenizer is that SentencePiece file.\n"
                 "It ships with t5-base and with every MusicGen checkpoint, e.g.\n"
-                f"    huggingface-cli download google-t5/t5-base spiece.model --local-dir {model_dir}\n"
+                f"    hf download google-t5/t5-base spiece.model --local-dir {model_dir}\n"
                 "or, for a T5 trained from scratch, write one with T5Tokenizer.train(texts, path, vocab_size)."
             )
         return cls(spiece)
@@ -313,12 +313,6 @@ class Block(nn.Module):
         return x
 
 
-# Score given to padded keys. Finite (not -inf) so that a row whose keys are all padding still gets a uniform softmax
-# rather than NaN; it is the bf16 minimum so it stays finite after a cast to bf16 (fp16 is not supported: T5's
-# activations overflow it anyway). exp(this - max) is exactly 0, so real rows are as if the pad keys were absent.
-MASKED = torch.finfo(torch.bfloat16).min
-
-
 class T5Encoder(nn.Module):
     """ids [B, L] (+ mask [B, L], 1 = real token) -> last hidden state [B, L, d_model]. Paper §2.3."""
 
@@ -356,7 +350,10 @@ class T5Encoder(nn.Module):
     def attention_bias(self, real):
         """Position bias of block 0 plus the key-padding mask, built once for all blocks. real [B, L] -> [B, H, L, L]"""
         position_bias = self.encoder.block[0].layer[0].SelfAttention.position_bias(real.shape[1])  # [1, H, L, L]
-        return position_bias.masked_fill(~real[:, None, None, :], MASKED)  # padded keys get MASKED
+        # padded keys score the dtype's most negative number: finite (not -inf), so a row whose keys are all padding
+        # still gets a uniform softmax rather than NaN, and in any dtype exp(it - max) is exactly 0, so real rows are
+        # as if the pad keys were absent
+        return position_bias.masked_fill(~real[:, None, None, :], torch.finfo(position_bias.dtype).min)
 
     def forward(self, ids, mask=None):
         """ids [B, L] LongTensor, mask [B, L] (1 real, 0 pad; None = no padding) -> [B, L, d_model],

@@ -1,6 +1,9 @@
 """The shared helpers: weight-file discovery, strict loading with readable errors, atomic writes, audio prep."""
 
 import json
+import os
+import stat
+import sys
 
 import pytest
 import torch
@@ -22,16 +25,51 @@ def test_missing_config(tmp_path):
 
 def test_unknown_repo_is_not_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(checkpoints.CheckpointError, match="huggingface-cli download facebook/musicgen-small"):
+    with pytest.raises(checkpoints.CheckpointError, match="hf download facebook/musicgen-small .*--download"):
         checkpoints.resolve_model_dir("facebook/musicgen-small")
 
 
-def test_hf_cache_snapshot_is_found(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["/nope/model", "./x/y", "~/nope/m", "a/b/c"])
+def test_a_missing_path_is_not_called_a_hub_id(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    snap = tmp_path / "models--facebook--musicgen-small" / "snapshots" / "abc"
-    snap.mkdir(parents=True)
-    (snap / "config.json").write_text("{}")
-    assert checkpoints.resolve_model_dir("facebook/musicgen-small") == snap
+    with pytest.raises(checkpoints.CheckpointError, match="it does not exist") as err:
+        checkpoints.resolve_model_dir(path)
+    assert "download" not in str(err.value) and "\n" not in str(err.value)
+
+
+def snapshot(cache, name, mtime):
+    path = cache / "models--facebook--musicgen-small" / "snapshots" / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_hf_cache_follows_refs_main_else_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    old, new = snapshot(tmp_path, "abc", 1_000), snapshot(tmp_path, "def", 2_000)
+    assert checkpoints.resolve_model_dir("facebook/musicgen-small") == new  # no refs/main: the newest
+    (tmp_path / "models--facebook--musicgen-small" / "refs").mkdir()
+    (tmp_path / "models--facebook--musicgen-small" / "refs" / "main").write_text("abc")  # no newline, as the hub
+    assert checkpoints.resolve_model_dir("facebook/musicgen-small") == old
+
+
+def test_download_is_opt_in_and_explains_a_missing_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):  # never the network
+        calls.append(repo_id)
+        return str(snapshot(tmp_path, "abc", 1_000))
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert checkpoints.download("facebook/musicgen-small").name == "abc" and calls == ["facebook/musicgen-small"]
+    with pytest.raises(checkpoints.CheckpointError, match="not a hub id"):
+        checkpoints.download("/some/dir")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
+    with pytest.raises(checkpoints.CheckpointError, match="pip install huggingface_hub"):
+        checkpoints.download("facebook/musicgen-small")
 
 
 def test_sharded_safetensors_and_prefix(tmp_path):
@@ -62,6 +100,16 @@ def test_atomic_save_leaves_no_temp_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         checkpoints.atomic_write(tmp_path / "ckpt.pt", broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomically_written_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoints.atomic_write(tmp_path / "x.json", lambda tmp: open(tmp, "w").write("{}"))
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "x.json").stat().st_mode)
+    assert mode == 0o644 and mode & 0o044  # readable by others, as a plain open() would leave it
 
 
 def test_prepare_downmixes_and_resamples(capsys):

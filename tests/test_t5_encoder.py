@@ -316,7 +316,7 @@ def test_tokenizer_rejects_bad_prompts(tokenizer):
 
 
 def test_tokenizer_from_pretrained_and_save(spiece_path, tmp_path):
-    with pytest.raises(checkpoints.CheckpointError, match=r"(?s)No spiece.model in .*huggingface-cli download"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"(?s)No spiece.model in .*hf download"):
         T5Tokenizer.from_pretrained(tmp_path)
     T5Tokenizer(spiece_path).save_pretrained(tmp_path)
     assert T5Tokenizer.from_pretrained(tmp_path).encode("jazz") == T5Tokenizer(spiece_path).encode("jazz")
