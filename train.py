@@ -4,7 +4,7 @@ train.py: train a text-to-music MusicGen from scratch on a laptop, offline (or f
 The paper trains on 20k hours of music with 32+ GPUs (§3.1, §3.2). This is the "I only have a laptop" version:
 
     python train.py --config small             # ~30 min on 2 CPU cores: corpus -> codec -> tokens -> LM
-    python sample.py --prompt "baroque"        # then listen (reads out/small)
+    python sample.py --prompt "baroque"        # then listen (reads out/small/model)
     python train.py --config small --max_steps=3000 --lr=5e-4      # any key can be changed with --key=value
     python train.py --config musicgen-small --data my_music/       # the 300M architecture on one GPU
     python train.py --config finetune --init-from facebook/musicgen-small --data my_music/
@@ -17,7 +17,10 @@ The pipeline has four stages, each written to --out_dir, resumable, and skipped 
     codec    EncodecLite trained on short crops (Paper §2.1), or a public codec loaded (--codec DIR)
     tokens   every clip encoded once into codes [K, T] (the LM never sees audio)
     lm       the text encoder + transformer LM (Paper §2.3, §2.4) trained on windows of those codes, then
-             exported in the Hugging Face layout (MusicGen.save_pretrained) with a few WAV samples
+             exported in the Hugging Face layout (MusicGen.save_pretrained) to model/, with a few WAV samples
+
+Every key is checked (check_config) before the first stage: a bad value fails in a second, with one line that names
+it, instead of after twenty minutes of corpus and codec.
 
 The two stages that learn, codec and lm, share one loop (train_steps): resume from the stage's checkpoint, then
 for every step reseed torch, take one step, stop on a non-finite loss before it is saved, log, checkpoint. What
@@ -42,12 +45,16 @@ Outputs in --out_dir (default out/<config>):
     codec_log.jsonl        codec losses and codebook usage (perplexity per codebook) every log_every steps
     ckpt.pt                LM training state (resume)
     log.jsonl              one JSON line per logged step: losses per codebook, grad norm, lr, steps/s, val loss
-    config.json, model.safetensors, spiece.model, generation_config.json      the final MusicGen (HF layout)
     samples/*.wav          a few clips generated at the end, with their prompts in samples/prompts.txt
+    model/                 the final MusicGen, and only it: what sample.py, evaluate.py and from_pretrained read
+        config.json, model.safetensors, spiece.model, generation_config.json     the Hugging Face layout
+        training_config.json   this TrainConfig as run (evaluate.py reads its corpus options from it)
+        README.md              the model card: what it was trained on, under which licences, how to sample
 """
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -57,6 +64,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 
+# Before torch starts its OpenMP threads: on a machine busy with another process, threads that spin while they wait
+# take the cores it needs and slow a run by an order of magnitude; passive waiting yields the core.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -64,13 +75,14 @@ from tqdm import tqdm
 
 import audio
 import data
-from checkpoints import (CheckpointError, find_in_hf_cache, keep_log_until, load_checkpoint, log, read_config,
-                         read_step, resolve_model_dir, save_checkpoint)
-from corpus import CLIPS_PER_STYLE
+from checkpoints import (CheckpointError, atomic_write, find_in_hf_cache, keep_log_until, load_checkpoint, log,
+                         pick_device, read_config, read_step, resolve_model_dir, save_checkpoint)
+from corpus import CLIPS_PER_STYLE, STYLES, SYNTHETIC_STYLES
 from encodec_lite import PRESETS as CODEC_PRESETS
 from encodec_lite import CodecTrainer, EncodecLite
 from evaluate import unigram_entropy
 from musicgen import LM, MusicGen, lm_config
+from musicgen import PRESETS as LM_PRESETS
 from t5_encoder import T5_PRESETS, T5Encoder, T5Tokenizer
 
 # -------------------- configuration: one dataclass, a few named presets, any key overridable from the command line
@@ -86,7 +98,7 @@ class TrainConfig:
     out_dir: str = opt("out/small", "where the stages write their results and the final model")
     cache_dir: str = opt("cache", "rendered audio and parsed scores, shared between runs")
     seed: int = opt(0, "every random choice of the run derives from it")
-    device: str = opt("auto", "cuda / cpu / cuda:1 ...; auto = cuda if available")
+    device: str = opt("auto", "cuda / cpu / cuda:1 / mps; auto = cuda, else mps, else cpu")
     threads: int = opt(0, "CPU threads for torch; 0 = torch's default (1 is faster on a machine busy with other work)")
     # data (Paper §3.2: 20k hours of licensed music; ours: rendered scores)
     data: str = opt("builtin", "builtin (music21 scores), synthetic (tests) or a folder of audio files + captions")
@@ -182,6 +194,56 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad settings); the message says why and what to do."""
 
 
+# What each number may be, checked before the first stage: a bad value found only where it is used would cost the
+# corpus, codec and tokens stages first (or, like max_steps=-5, train nothing and export an untrained model).
+RANGES = {"greater than 0": (lambda v: v > 0, "clip_seconds clips_per_style codec_steps codec_batch codec_crop_seconds "
+                             "codec_lr vocab_size batch_size segment_seconds max_steps lr grad_clip guidance log_every "
+                             "eval_every eval_batches ckpt_every sample_seconds"),
+          "0 or more": (lambda v: v >= 0, "threads codec_clips_per_style warmup_steps min_lr weight_decay samples"),
+          "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_warmup dropout input_noise cond_dropout beta2")}
+
+
+def check_config(config):
+    """Raise a one-line TrainingError (or CheckpointError, for the device) naming the first key that cannot work
+    and what to give instead. run() calls it before it writes or starts anything."""
+    for rule, (ok, keys) in RANGES.items():
+        for key in keys.split():
+            if not ok(getattr(config, key)):  # `not ok`: a NaN fails too
+                raise TrainingError(f"--{key}={getattr(config, key)}: must be {rule}")
+    if config.min_lr > config.lr:  # e.g. --lr=1e-4 alone: the "cosine" would climb to the preset's min_lr
+        raise TrainingError(f"--min_lr={config.min_lr} is above --lr={config.lr}: the cosine goes down to min_lr")
+    if config.data not in ("builtin", "synthetic") and not Path(config.data).is_dir():  # a misspelt folder
+        raise TrainingError(f"--data {config.data}: not builtin, synthetic or an existing folder of audio files")
+    # Every training window is cut out of one clip (data.token_batch); a folder's clips vary, so only ours are known.
+    if config.data in ("builtin", "synthetic") and config.segment_seconds > config.clip_seconds:
+        raise TrainingError(f"--segment_seconds={config.segment_seconds} is longer than the clips "
+                            f"(--clip_seconds={config.clip_seconds}): shorten the windows or lengthen the clips")
+    if config.init_from:  # a fine-tuned model brings its own LM, T5 and codec: their names are not used then
+        check_dir("init_from", config.init_from, "a MusicGen directory, or a hub id in the Hugging Face cache")
+    else:
+        if config.lm not in LM_PRESETS:
+            raise TrainingError(f"--lm {config.lm}: not an LM preset; use one of {', '.join(LM_PRESETS)}")
+        if config.codec not in CODEC_PRESETS:  # not a preset to train: a codec to load, so it must exist now
+            check_dir("codec", config.codec, f"a codec preset ({', '.join(CODEC_PRESETS)}) or a codec directory")
+        if config.t5 == "" and config.t5_preset not in T5_PRESETS:  # the size of the T5 trained from scratch
+            raise TrainingError(f"--t5_preset {config.t5_preset}: not a T5 preset; use one of {', '.join(T5_PRESETS)}")
+        if config.t5 not in ("", "auto"):
+            check_dir("t5", config.t5, "'' (a T5 trained from scratch), auto, or a T5 directory")
+    world = int(os.environ.get("WORLD_SIZE", 1))  # the number of processes torchrun starts (1 without it)
+    if config.batch_size % world:
+        raise TrainingError(f"--batch_size={config.batch_size}: must be a multiple of the {world} processes (each "
+                            "takes an equal slice of the global batch)")
+    pick_device(config.device)  # the call run() makes: a device that is not here (e.g. 'gpu') fails now
+
+
+def check_dir(key, name, expected):
+    """A model directory (or a cached hub id) that must exist before the stages start."""
+    try:
+        resolve_model_dir(name)
+    except CheckpointError as e:
+        raise TrainingError(f"--{key} {name}: {e} Expected {expected}.") from None
+
+
 # -------------------- processes: one, or several under torchrun (DistributedDataParallel, DDP)
 # Every process runs this same file; they differ only by their rank. Each builds the same models from the same seed,
 # computes the gradient of its slice of the global batch, and DDP averages the gradients during backward(), so every
@@ -202,10 +264,9 @@ class Processes:
 
 
 def setup_processes(device):
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a single process.
-    gloo on CPU, nccl on CUDA. The long timeout lets the other processes wait while rank 0 trains the codec."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """device: as checkpoints.pick_device resolved it ('cuda', 'cpu', 'mps', ...). torchrun sets RANK / WORLD_SIZE /
+    LOCAL_RANK; without them this is a single process. gloo on CPU, nccl on CUDA. The long timeout lets the other
+    processes wait while rank 0 trains the codec."""
     if "RANK" not in os.environ:  # plain `python train.py`
         return Processes(0, 1, device, True)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # set by torchrun for each process
@@ -558,9 +619,6 @@ class LMSteps:
         self.ckpt_path, self.log_path = Path(config.out_dir, "ckpt.pt"), Path(config.out_dir, "log.jsonl")
         self.seed_stream = 2 + proc.rank  # each process its own dropout masks (different rows, different masks)
         self.frames = round(config.segment_seconds * tokens.frame_rate)  # T of a training window
-        if config.batch_size % proc.world:
-            raise TrainingError(f"batch_size {config.batch_size} must be a multiple of the number of processes "
-                                f"({proc.world}): each one takes an equal slice of the global batch.")
         self.tokenizer, text_encoder, self.lm, train_text = build_models(config, codec, tokens, proc)
         self.model = TextToMusic(text_encoder, self.lm, train_text, config.input_noise).to(proc.device)
         self.model.train()  # dropout and input noise on
@@ -646,10 +704,46 @@ def stage_lm(config, codec, tokens, proc):
         # generate with windows no longer than the training windows: positions beyond them were never trained
         mg = MusicGen(steps.tokenizer, text_encoder, codec, lm, context_frames=steps.frames,
                       guidance=config.guidance).eval()
-        mg.save_pretrained(out)  # config.json, model.safetensors, spiece.model: sample.py and evaluate.py read it
-        say(proc, f"[lm] exported the model to {out} (Hugging Face MusicGen layout)")
+        export(mg, config, out / "model")
         write_samples(mg, steps.val_set, config, out / "samples")
     return lm
+
+
+def export(mg, config, folder):
+    """The model folder: the Hugging Face files only (training state stays beside it), the config as run, and a
+    model card. sample.py, evaluate.py and MusicGen.from_pretrained read it like a public checkpoint."""
+    mg.save_pretrained(folder)  # config.json, model.safetensors, spiece.model, generation_config.json
+    # The settings as run, beside the weights: evaluate.py reads the corpus (data, seed, ...) and so holds out the
+    # clips this run held out, and a reader of the folder alone can still tell how it was made.
+    atomic_write(folder / "training_config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(asdict(config), indent=1) + "\n"))
+    val = [json.loads(line) for line in Path(config.out_dir, "log.jsonl").read_text().splitlines()]
+    val = [row for row in val if "val_per_codebook" in row][-1:]  # the last validation row of the log (or none)
+    atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(model_card(config, folder, val)))
+    tqdm.write(f"[lm] exported the model to {folder} (Hugging Face MusicGen layout, with its model card)")
+
+
+def model_card(config, folder, val):
+    """README.md of the exported model: what it learnt from, under which licences, how to sample and score it."""
+    origin = f"fine-tuned from {config.init_from}" if config.init_from else f"LM preset '{config.lm}', from scratch"
+    styles = {"builtin": list(STYLES), "synthetic": list(SYNTHETIC_STYLES)}.get(config.data, [])  # the prompts known
+    corpus = {"builtin": f"music21's bundled scores rendered by synth.py ({config.clips_per_style} clips per style)",
+              "synthetic": "the synthetic test corpus"}.get(config.data, f"the audio files of {config.data}")
+    lines = [f"# A MusicGen trained by train.py ({origin})",  # one paragraph each
+             f"Trained on {corpus}; {config.max_steps} LM steps, seed {config.seed} (every setting: "
+             "training_config.json)." + (f" Styles: {', '.join(styles)}." if styles else "")]
+    if config.data == "builtin":  # the terms corpus.builtin_corpus describes
+        lines.append("Licences: some of music21's encodings are for non-commercial use only (the Essen folk songs "
+                     "among them); check music21's corpus licences before using this model for anything else.")
+    if config.init_from:  # a fine-tuned model is a derivative of the weights it started from
+        lines.append(f"It keeps the licence of {config.init_from} (the public MusicGen weights: CC-BY-NC 4.0).")
+    if val:  # the last validation of the training run: the one number recorded with the model
+        lines.append(f"Validation cross-entropy per codebook at step {val[0]['step']}: "
+                     f"{fmt(val[0]['val_per_codebook'])} nats.")
+    prompt = styles[0] if styles else "a caption like those of the training files"  # the card's example command
+    usage = (f"    python sample.py --model {folder} --prompt \"{prompt}\"\n"
+             f"    python evaluate.py all --model {folder}    # held-out numbers\n")
+    return "\n\n".join(lines + [usage])
 
 
 def write_samples(mg, val_set, config, folder):
@@ -671,7 +765,8 @@ def write_samples(mg, val_set, config, folder):
 
 def run(config, stage="lm"):
     """Run the stages up to `stage`, skipping those already done. Returns the trained LM (or None)."""
-    proc = setup_processes(config.device)
+    check_config(config)  # before anything is written: a bad key costs a second, not the stages before its use
+    proc = setup_processes(str(pick_device(config.device)))  # 'auto': cuda, else mps, else cpu
     if config.threads:  # else torch's default: one thread per core
         torch.set_num_threads(config.threads)
     if proc.device.startswith("cuda"):

@@ -1,4 +1,5 @@
-"""train.py: the tiny config end to end, exact resume, clear checkpoint errors, DDP = one process, NaN stop.
+"""train.py: bad settings refused at once, the tiny config end to end (the export's layout), exact resume, clear
+checkpoint errors, DDP = one process, NaN stop.
 
 The data -> codec -> tokens stages run once for the file (tiny config, synthetic corpus); every test copies that
 directory and runs the LM stage in its copy."""
@@ -9,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,41 @@ def test_config_cli_and_schedule(capsys):
     assert all(a >= b for a, b in zip(lrs[99:], lrs[100:])) and lrs[-1] == pytest.approx(1e-4, rel=1e-3)
 
 
+BAD_SETTINGS = [  # (command-line arguments, what the one-line error must say)
+    (["--lm", "huge"], "--lm huge: not an LM preset; use one of musicgen-small"),
+    (["--max_steps=-5"], "--max_steps=-5: must be greater than 0"),
+    (["--device", "gpu"], "unknown device 'gpu': use auto, cpu, cuda"),
+    (["--lr=0"], "--lr=0.0: must be greater than 0"),
+    (["--cond_dropout", "1.5"], "--cond_dropout=1.5: must be a fraction between 0 and 1"),
+    (["--t5_preset", "big"], "--t5_preset big: not a T5 preset; use one of"),
+    (["--codec", "no-such-codec"], "--codec no-such-codec: No model directory"),
+    (["--data", "no/such/folder"], "--data no/such/folder: not builtin, synthetic or an existing folder"),
+    (["--segment_seconds", "30"], "--segment_seconds=30.0 is longer than the clips"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_bad_settings_fail_at_once_with_one_line(args, message, tmp_path, capsys, monkeypatch):
+    """Every key is checked before the first stage: one line naming the value and the fix, exit 1, nothing written
+    (a bad --lm used to fail only after the corpus, codec and tokens stages; --max_steps=-5 exported an untrained
+    model)."""
+    monkeypatch.setattr(train, "stage_data", lambda *a: pytest.fail("a stage started"))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--out_dir", str(out), "--cache_dir", str(cache), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not cache.exists()
+
+
+def test_bad_setting_from_the_shell_is_one_line():
+    result = subprocess.run([sys.executable, "train.py", "--lm", "huge", "--out_dir", "out/never-written"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("error: --lm huge: not an LM preset")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (ROOT / "out" / "never-written").exists()
+
+
 def test_configs_train_the_lm_presets_they_name():
     """The LM a config trains is the musicgen preset it names, exactly: nothing resizes it on the way."""
     assert all(config.lm in musicgen.PRESETS for config in train.CONFIGS.values())
@@ -79,12 +115,20 @@ def test_configs_train_the_lm_presets_they_name():
 def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
     config = fresh_copy(prepared, tmp_path, samples=1)
     lm = train.run(config)
-    out = Path(config.out_dir)
+    out, model = Path(config.out_dir), Path(config.out_dir) / "model"
     losses = train_losses(config)
     assert sorted(losses) == list(range(1, config.max_steps + 1))
     assert losses[config.max_steps] < losses[1]  # it learns something even in 6 steps
+    # the export: model/ holds the Hugging Face files, the config as run and a model card; training state is beside it
+    assert {"config.json", "model.safetensors", "generation_config.json", "training_config.json",
+            "README.md"} <= {p.name for p in model.iterdir()}
+    assert not {"ckpt.pt", "tokens.pt", "log.jsonl", "samples", "codec"} & {p.name for p in model.iterdir()}
+    assert all((out / name).exists() for name in ("ckpt.pt", "tokens.pt", "log.jsonl", "samples", "codec"))
+    assert json.loads((model / "training_config.json").read_text()) == asdict(config)
+    card = (model / "README.md").read_text()
+    assert "synthetic" in card and f"python sample.py --model {model}" in card and "cross-entropy" in card
     # the export is a MusicGen directory that loads and generates; the LM in it is the one trained
-    mg = musicgen.MusicGen.from_pretrained(out)
+    mg = musicgen.MusicGen.from_pretrained(model)
     assert mg.guidance == config.guidance  # the export generates with the config's guidance by default
     for name, tensor in lm.state_dict().items():
         torch.testing.assert_close(mg.lm.state_dict()[name], tensor.cpu())
@@ -96,7 +140,7 @@ def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
     # the user's path: sample.py finds the exported model
     if (ROOT / "sample.py").exists():
         wav_path = tmp_path / "s.wav"
-        result = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "organ chords",
+        result = subprocess.run([sys.executable, "sample.py", "--model", str(model), "--prompt", "organ chords",
                                  "--duration", "0.5", "--out", str(wav_path)], cwd=ROOT, capture_output=True,
                                 text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
         assert result.returncode == 0, result.stderr
@@ -136,7 +180,7 @@ def test_resume_after_interruption_is_exact(prepared, tmp_path, monkeypatch):
     train.run(resumed)
 
     assert train_losses(resumed) == train_losses(straight)  # the log reads as one run, with the same numbers
-    a, b = load_state_dict(straight.out_dir), load_state_dict(resumed.out_dir)
+    a, b = load_state_dict(Path(straight.out_dir, "model")), load_state_dict(Path(resumed.out_dir, "model"))
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -247,4 +291,4 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path, monke
     ckpt = torch.load(Path(config.out_dir) / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 3
     assert all(torch.isfinite(t).all() for t in ckpt["lm"].values())
-    assert not (Path(config.out_dir) / "model.safetensors").exists()  # nothing exported from a diverged run
+    assert not (Path(config.out_dir) / "model").exists()  # nothing exported from a diverged run
