@@ -1,9 +1,9 @@
 """
 evaluate.py: numbers that say whether a trained codec and LM are any good, measured on held-out clips.
 
-    python evaluate.py codec --model out/small     # the codec of a MusicGen dir (or an EncodecLite dir)
-    python evaluate.py lm    --model out/small     # the language model: cross-entropy and prompt following
-    python evaluate.py all   --model out/small --json eval.json
+    python evaluate.py codec --model out/small/model   # the codec of a MusicGen dir (or an EncodecLite dir)
+    python evaluate.py lm    --model out/small/model   # the language model: cross-entropy and prompt following
+    python evaluate.py all   --model out/small/model --json eval.json --device cuda
 
 The paper scores models with FAD, a KL over AudioSet classifier labels, the CLAP score and listening tests (§3.3).
 Those need large pretrained networks; here everything is small, offline and explainable:
@@ -31,19 +31,27 @@ lm:
                       reconstructions): 1 moves as often as the real music, near 0 holds chords and drones, which
                       the judges above can miss (target ≥ 0.8 on average, ≥ 0.6 for every style)
 
-The corpus options must match the ones the model was trained with (train.py's defaults are the defaults here).
+The held-out clips are those of the corpus the model was trained on: the corpus options (--data, --seed, ...) are
+read from the model's training_config.json (train.py writes it), else train.py's defaults. An option given on the
+command line wins, with a warning when it differs from the training run's (another --seed holds out other clips).
 """
 
 import argparse
 import json
 import math
+import os
 import sys
+from pathlib import Path
+
+# Before torch starts its OpenMP threads: on a machine busy with another process, threads that spin while they wait
+# take the cores it needs and slow a run by an order of magnitude; passive waiting yields the core.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import chroma
-import corpus
 import data
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,11 +212,12 @@ def accuracy(predicted, truth):
 # Evaluations
 
 
-def _clip_batches(clips, sample_rate, batch=data.CODEC_CLIPS):
-    """Held-out clips as equal-length waveform batches [b, 1, N] (the corpus clips share one length)."""
+def _clip_batches(clips, sample_rate, batch=data.CODEC_CLIPS, desc=None):
+    """Held-out clips as equal-length waveform batches [b, 1, N] (the corpus clips share one length); with `desc`, a
+    progress bar (on stderr) over the batches."""
     waves = [data.clip_audio(c, sample_rate) for c in clips]  # [1, N_i] each, cached by data.clip_audio
     n = min(w.shape[-1] for w in waves)  # a folder corpus may differ by a few samples: cut to the shortest
-    for i in range(0, len(waves), batch):
+    for i in tqdm(range(0, len(waves), batch), desc=desc, disable=desc is None, leave=False):
         yield clips[i : i + batch], torch.stack([w[:, :n] for w in waves[i : i + batch]])
 
 
@@ -219,7 +228,7 @@ def evaluate_codec(codec, clips):
     sr = codec.sample_rate
     scores = {"si_snr_db": [], "mel_distance_db": [], "chroma_agreement": []}  # one value per clip each
     changes = []
-    for _, wav in _clip_batches(clips, sr):
+    for _, wav in _clip_batches(clips, sr, desc="codec"):
         codes = codec.encode(wav)  # [b, K, T]
         rec = codec.decode(codes).cpu()  # [b, 1, N'], N' >= N: whole frames
         scores["si_snr_db"] += si_snr(wav, rec).tolist()
@@ -298,7 +307,7 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
 
     def crops(clip_list, through_codec=False):  # every whole `seconds`-long crop of each clip (as long as generated)
         x, y = [], []
-        for batch, wav in _clip_batches(clip_list, sr):
+        for batch, wav in _clip_batches(clip_list, sr, desc="judge clips" + " (codec)" * through_codec):
             if through_codec:
                 wav = mg.codec.decode(mg.codec.encode(wav)).cpu()[..., : wav.shape[-1]]
             for start in range(0, wav.shape[-1] - n + 1, n):
@@ -318,7 +327,7 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
             prompts.append(pool[i % len(pool)].caption)
             truth.append(style)
     generated = torch.cat([mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()[:, 0, :n]
-                           for i in range(0, len(prompts), batch)])  # [M, n]
+                           for i in tqdm(range(0, len(prompts), batch), desc="generate", leave=False)])  # [M, n]
     x_real, x_codec, x_generated = features(real, sr), features(reconstructed, sr), features(generated, sr)
     predicted = codec_judge.predict(x_generated)  # the headline number uses the codec judge
     return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
@@ -402,40 +411,69 @@ def print_note_events(r, styles):
         print(line)
 
 
+CORPUS_OPTIONS = ("data", "cache_dir", "clip_seconds", "clips_per_style", "seed")  # what data.load_corpus reads
+
+
+def corpus_options(args):
+    """Fill in the corpus options left out (None) from the model's training_config.json, else from train.py's
+    defaults; warn when one given differs from the training run's: the clips held out here are then other clips,
+    possibly ones the model was trained on."""
+    from train import TrainConfig  # here, not at the top: train.py imports this file
+
+    path = Path(args.model) / "training_config.json"
+    trained = json.loads(path.read_text()) if path.is_file() else {}  # a public checkpoint has none
+    for key in CORPUS_OPTIONS:
+        given, used = getattr(args, key), trained.get(key, getattr(TrainConfig, key))  # the class holds defaults
+        if given is None:
+            setattr(args, key, used)
+        elif key in trained and given != used:
+            print(f"warning: --{key.replace('_', '-')} {given} is not the training run's {used} ({path}): the "
+                  "clips held out here are other clips, possibly ones the model was trained on", file=sys.stderr)
+    return args
+
+
 def main(argv=None):
-    """The command line; the corpus options must be those the model was trained with."""
+    """The command line: the corpus of the model's training run, the chosen device, one line for a user's error."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["codec", "lm", "all"])
-    parser.add_argument("--model", default="out/small", help="a MusicGen directory (or an EncodecLite one for codec)")
-    parser.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
-    parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--clip-seconds", type=float, default=10.0)
-    parser.add_argument("--clips-per-style", type=int, default=corpus.CLIPS_PER_STYLE)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="out/small/model",
+                        help="a MusicGen directory (or an EncodecLite one for codec)")
+    corpus_help = "(default: the model's training_config.json, else train.py's default)"
+    parser.add_argument("--data", help=f"builtin, synthetic or a folder {corpus_help}")
+    parser.add_argument("--cache-dir", help=f"where the rendered corpus is cached {corpus_help}")
+    parser.add_argument("--clip-seconds", type=float, help=corpus_help)
+    parser.add_argument("--clips-per-style", type=int, help=corpus_help)
+    parser.add_argument("--seed", type=int, help=f"picks the held-out clips and the generation seeds {corpus_help}")
     parser.add_argument("--segment-seconds", type=float, default=5.0,
                         help="LM validation window length (at most the model's training window)")
     parser.add_argument("--per-style", type=int, default=24,
                         help="generated clips per style (24 x 5 styles: the accuracy is known to about ±4 points)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch; 0 = torch's default (1 is faster on a busy machine)")
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
+    args = corpus_options(parser.parse_args(argv))
 
-    from checkpoints import CheckpointError  # like the models below: imported when the command runs
+    from checkpoints import CheckpointError, atomic_write, pick_device  # like the models: when the command runs
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {"model": args.model}
     try:
+        device = pick_device(args.device)  # an unknown or absent device fails here, before any loading
         if args.what in ("codec", "all"):
             from encodec_lite import EncodecLite
 
-            codec = EncodecLite.from_pretrained(args.model)
+            codec = EncodecLite.from_pretrained(args.model).to(device)
             clips = data.select(data.load_corpus(args, codec.sample_rate), "valid")  # held-out clips only
             results["codec"] = evaluate_codec(codec, clips)
             print_codec(results["codec"])
         if args.what in ("lm", "all"):
             from musicgen import MusicGen
 
-            mg = MusicGen.from_pretrained(args.model)
+            mg = MusicGen.from_pretrained(args.model).to(device)
             clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
             if not args.no_generate:
@@ -444,9 +482,8 @@ def main(argv=None):
             print_lm(r)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: {e}")  # one line the user can act on, no traceback
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    if args.json:  # written whole or not at all: a run killed here leaves no half a file
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ on a tiny random MusicGen (numbers meaningless, plumbing checked)."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -122,6 +123,32 @@ def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
         assert all(events[name][s]["pitch_changes"] >= 0 and events[name][s]["onsets"] >= 0 for s in p["styles"])
     assert set(events["ratio"]) == set(p["styles"]) and math.isfinite(events["mean_ratio"])
     assert "note events per second" in printed
+
+
+def test_corpus_options_come_from_the_training_config(tiny_dir, tmp_path, capsys, monkeypatch):
+    """A model folder with train.py's training_config.json is scored on the clips its run held out: its data, seed,
+    clip length... are the defaults; one given on the command line wins, with a warning when it differs."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    trained = {"data": "synthetic", "cache_dir": str(tmp_path / "cache"), "clip_seconds": 2.0, "clips_per_style": 3,
+               "seed": 7, "lr": 1e-3}  # and the other TrainConfig keys, which evaluate.py does not read
+    (model / "training_config.json").write_text(json.dumps(trained))
+    used = []
+    real = data.load_corpus
+    monkeypatch.setattr(data, "load_corpus", lambda settings, rate: used.append(vars(settings)) or real(settings, rate))
+    out = tmp_path / "eval.json"
+    E.main(["codec", "--model", str(model), "--device", "cpu", "--threads", "1", "--json", str(out)])
+    assert {k: used[0][k] for k in E.CORPUS_OPTIONS} == {k: trained[k] for k in E.CORPUS_OPTIONS}
+    assert json.loads(out.read_text())["codec"]["clips"] == 3 and [p.name for p in tmp_path.glob("eval*")] == [
+        "eval.json"]  # written atomically: no temporary left beside it
+    assert "warning" not in capsys.readouterr().err
+    E.main(["codec", "--model", str(model), "--seed", "3"])
+    assert used[1]["seed"] == 3 and "--seed 3 is not the training run's 7" in capsys.readouterr().err
+
+
+def test_cli_device_is_checked_before_loading(tiny_dir):
+    with pytest.raises(SystemExit, match="evaluate.py: unknown device 'gpu': use auto, cpu, cuda"):
+        E.main(["codec", "--model", str(tiny_dir), "--device", "gpu"])
 
 
 def test_confusion_matrix():
