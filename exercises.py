@@ -22,10 +22,14 @@ project runs on. Each exercise names a few cheap tests, so `check` answers in se
     python exercises.py check delay_pattern               # run its grading tests (in the copy or here): pass/fail
     python exercises.py check                             # every exercise, one pytest run
 
+`check` first makes sure pytest and torch are installed (else: pip install -r requirements-dev.txt), so that a
+missing package is never blamed on the student's code; a grader that skips (no transformers) says SKIPPED, not FAIL.
+
 The open-ended experiments (delay vs parallel, codebooks, text encoder) are in experiments.py.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -393,14 +397,20 @@ def read_report(path):
 def grade(exercise, results):
     """(passed, lines to print) for one exercise from the test results.
 
-    An exercise passes when all its grading tests ran and passed. A failure shows at most three tests and the
-    first line of each error (the full output is `check -v`), then the exercise's hint."""
+    An exercise passes when all its grading tests ran and passed. One whose tests passed or skipped (a grader that
+    compares with transformers skips without it) is SKIPPED: not graded, and not the student's fault. A failure
+    shows at most three tests and the first line of each error (the full output is `check -v`), then the hint."""
     # A parametrized test appears once per parameter: "name[1.5]", "name[3.0]" all belong to "name".
     mine = {n: r for n, r in results.items() if any(n == t or n.startswith(t + "[") for t in exercise.tests)}
     # Failed, errored or skipped: a skipped grader proves nothing either, so it does not count as a pass.
     bad = {n: r for n, r in mine.items() if r[0] != "passed"}
     if mine and not bad:  # "mine" empty means nothing ran: that is a failure too, not a pass
         return True, [f"PASS  {exercise.name}  ({len(mine)} tests)"]
+    skipped = [message for outcome, message in bad.values() if outcome == "skipped"]
+    if mine and len(skipped) == len(bad):  # nothing failed, something skipped
+        reason = (skipped[0].splitlines() or ["no reason given"])[0][:150]  # e.g. could not import 'transformers'
+        return False, [f"SKIPPED  {exercise.name}  ({len(bad)} of {len(mine)} tests skipped: {reason})",
+                       "      not graded; the graders need the dev requirements: pip install -r requirements-dev.txt"]
     lines = [f"FAIL  {exercise.name}  ({len(bad)} of {len(mine)} tests did not pass)" if mine else
              f"FAIL  {exercise.name}  (its tests did not run: an import or syntax error? rerun with -v)"]
     shown = ""  # the last error line printed
@@ -414,9 +424,21 @@ def grade(exercise, results):
     return False, lines
 
 
+GRADING_PACKAGES = ("pytest", "torch")  # what every grading run imports; requirements-dev.txt installs them
+
+
+def missing_packages():
+    """The grading packages this Python cannot find (found without importing them: `check` stays quick)."""
+    return [name for name in GRADING_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def check(names=(), root=ROOT, verbose=False):
     """Run the grading tests of the chosen exercises (one pytest run); print pass/fail. -> all passed?"""
     exercises = selected(names)
+    missing = missing_packages()  # else pytest's failure to start would read as the student's import error
+    if missing:
+        raise ExerciseError(f"grading needs {', '.join(missing)}, not installed in this Python ({sys.executable}): "
+                            "pip install -r requirements-dev.txt")
     # One pytest run for all of them: torch and transformers are imported once, not once per exercise.
     node_ids = sorted({t for e in exercises for t in e.tests})
     results, output = run_tests(node_ids, root, verbose)

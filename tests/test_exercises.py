@@ -34,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sinusoids_match_transformers():
+    pytest.importorskip("transformers")  # without it the grader skips (exercises.py says SKIPPED), never fails
     from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding as Ref
 
     for dim in (64, 1024):
@@ -139,6 +140,36 @@ def test_original_passes_every_grader():
     result = run([sys.executable, "exercises.py", "check", *[e.name for e in READY]], ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASS") == len(READY)
+
+
+def test_check_without_pytest_says_what_to_install(monkeypatch):
+    """A missing grading package is named with the command that installs it, not blamed on the student's code."""
+    real = exercises.importlib.util.find_spec
+    monkeypatch.setattr(exercises.importlib.util, "find_spec", lambda name: None if name == "pytest" else real(name))
+    with pytest.raises(SystemExit) as exit_info:
+        exercises.main(["check", "delay_pattern"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: grading needs pytest") and "pip install -r requirements-dev.txt" in message
+    assert "\n" not in message
+
+
+def test_skipped_graders_are_reported_as_skipped():
+    sinusoids = exercises.EXERCISES["sinusoids"]
+    skip = ("skipped", "could not import 'transformers': No module named 'transformers'")
+    passed, lines = exercises.grade(sinusoids, {t: skip for t in sinusoids.tests})
+    assert not passed and lines[0].startswith("SKIPPED  sinusoids  (2 of 2 tests skipped: could not import")
+    assert "pip install -r requirements-dev.txt" in lines[1]
+    failed = {sinusoids.tests[0]: ("failure", "AssertionError"), sinusoids.tests[1]: skip}  # a failure wins
+    assert exercises.grade(sinusoids, failed)[1][0].startswith("FAIL  sinusoids")
+
+
+@meta
+def test_check_without_transformers_says_skipped(tmp_path, monkeypatch, capsys):
+    """End to end: a Python where `import transformers` fails (a stand-in module first on the path)."""
+    (tmp_path / "transformers.py").write_text("raise ImportError('No module named transformers (test stand-in)')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert not exercises.check(["sinusoids"])
+    assert capsys.readouterr().out.startswith("SKIPPED  sinusoids  (2 of 2 tests skipped")
 
 
 # One process imports torch and transformers once, then forks a child per student copy to run its grader there
