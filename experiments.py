@@ -198,7 +198,7 @@ def experiment_text_encoder(args):
         out_dir = Path(args.out_dir) / f"text-encoder-{'pretrained' if t5_dir else 'scratch'}"
         config = replace(base, t5=t5_dir, out_dir=str(out_dir))
         train.run(config)  # every stage; a finished run is skipped, so a rerun only evaluates again
-        model = musicgen.MusicGen.from_pretrained(config.out_dir)
+        model = musicgen.MusicGen.from_pretrained(Path(config.out_dir) / "model")  # train.py exports it there
         clips = data.load_corpus(corpus_args(config), model.sample_rate)
         ce = evaluate.validation_loss(model, data.select(clips, "valid"), config.segment_seconds)["val_ce"]
         row = [label, f"{sum(ce) / len(ce):.3f}"]  # mean over the K codebooks
@@ -240,7 +240,7 @@ def parse_args(argv=None):
     pat.set_defaults(fn=experiment_patterns)
 
     cb = kinds.add_parser("codebooks", parents=[common], help="codec quality when decoding the first k codebooks")
-    cb.add_argument("--model", default="out/small", help="a MusicGen or EnCodec directory")
+    cb.add_argument("--model", default="out/small/model", help="a MusicGen or EnCodec directory")
     cb.add_argument("--data", default="builtin", help="builtin, synthetic or a folder (as used for training)")
     cb.add_argument("--clip-seconds", type=float, default=10.0)
     cb.add_argument("--clips-per-style", type=int, default=CLIPS_PER_STYLE, help="as used for training")
