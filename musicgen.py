@@ -478,6 +478,21 @@ def with_null_condition(condition, condition_mask, cfg_coef, chroma=None):
     return condition, condition_mask, True, chroma
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during generation, carrying the frames finished so far, codes [B, K, T_done] (a prompt's included):
+    the caller can still decode and keep them. A KeyboardInterrupt, so code that ignores it stops as on Ctrl-C."""
+
+    def __init__(self, codes):
+        super().__init__(f"interrupted after {codes.shape[-1]} frames")
+        self.codes = codes
+
+
+def finished_frames(seq):  # delayed sequence [B, K, S] -> codes [B, K, T_done]: the frames with all K codes in
+    codes = revert_delay(seq)
+    done = (codes != UNKNOWN).all(dim=1).all(dim=0).long().cumprod(dim=0)  # 1 up to the first unfinished frame
+    return codes[:, :, : int(done.sum())]
+
+
 def next_tokens(logits, due, guided, cfg_coef, sampling):  # last step's logits [2B or B, K, N] -> tokens [B, K]
     logits = logits.float()  # guidance and sampling in fp32 even when the LM runs in bf16
     if guided:
@@ -504,19 +519,25 @@ def generate_reference(lm, condition, condition_mask, frames, cfg_coef=3.0, gene
 
 
 @torch.inference_mode()
-def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, progress=False, chroma=None,
+def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, on_step=None, chroma=None,
              prompt=None, **sampling):
     """The fast loop: one new step per forward pass with a KV cache, the conditional and unconditional branches as
-    one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames]."""
+    one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames]; on_step() after each
+    step; Ctrl-C raises Interrupted with the frames finished so far."""
     B, K = condition.shape[0], lm.config.num_codebooks
     seq, start = start_sequence(B, K, frames, lm.special, condition.device, prompt)
     condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
     cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
     x = seq[:, :, :start]  # every known step (step 0 or the prompt's, plus a melody prefix) goes in first
-    for s in tqdm(range(start, seq.shape[-1]), unit="step", desc="generating", leave=False, disable=not progress):
-        logits = lm.decode(torch.cat([x, x]) if guided else x, cache)  # [2B, K, N]
-        seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
-        x = seq[:, :, s : s + 1]  # then only the newest step
+    try:
+        for s in range(start, seq.shape[-1]):
+            logits = lm.decode(torch.cat([x, x]) if guided else x, cache)  # [2B, K, N]
+            seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
+            x = seq[:, :, s : s + 1]  # then only the newest step
+            if on_step is not None:
+                on_step()
+    except KeyboardInterrupt:
+        raise Interrupted(finished_frames(seq)) from None
     return revert_delay(seq)
 
 
@@ -526,8 +547,35 @@ def default_top_k(card):
     return max(1, round(250 * card / 2048))
 
 
+class Progress:
+    """Counts the steps of every window of a generation: one tqdm bar over all of them (progress=True), or
+    progress(step, total) after each step (a callable), or nothing (False)."""
+
+    def __init__(self, progress, total, windows):
+        self.progress, self.step, self.total = progress, 0, total
+        self.bar = tqdm(total=total, unit="step", desc=f"generating ({windows} window{'s' * (windows > 1)})",
+                        leave=True, disable=progress is not True)  # the bar stays: steps, windows, time
+
+    def __call__(self):  # one step done
+        self.step += 1
+        self.bar.update()
+        if callable(self.progress):
+            self.progress(self.step, self.total)
+
+
 EXTEND_STRIDE = 0.6  # stride / window of long generation, audiocraft's 18 s of 30 s (MusicGen.window_frames)
 TRAINED_SECONDS = 30.0  # the released models' training crops: the default window when a model does not say
+
+
+def window_spans(frames, window, stride, known=0):
+    """The windows of a long generation (diagram in MusicGen), as (first frame, end frame, frames already known
+    at its start: a prompt's or the previous window's context) for `frames` frames, `known` of them given."""
+    spans, start = [], 0
+    while known < frames:
+        end = min(start + window, frames)
+        spans.append((start, end, known - start))
+        start, known = start + stride, end
+    return spans
 
 
 class MusicGen(nn.Module):
@@ -551,10 +599,15 @@ class MusicGen(nn.Module):
 
     # ---------------------------------------------------------------- loading and saving (Hugging Face layout)
     @classmethod
-    def from_pretrained(cls, name_or_path):
-        """A Hugging Face-format MusicGen(-melody) directory or cached hub id; each part reads its block and weights."""
+    def from_pretrained(cls, name_or_path, device=None, dtype=None):
+        """A Hugging Face-format MusicGen(-melody) directory or cached hub id; each part reads its block and weights.
+        device: None (the CPU) or as checkpoints.pick_device ('auto', 'cuda', ...); dtype: the LM's (float32,
+        bfloat16 or float16), where almost all the generation time goes."""
         from encodec_lite import EncodecConfig, EncodecLite
         from t5_encoder import T5Config, T5Encoder, T5Tokenizer
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):  # checked before the slow loading
+            raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.float16")
+        device = torch.device("cpu") if device is None else checkpoints.pick_device(device)
         model_dir = checkpoints.resolve_model_dir(name_or_path)
         config = checkpoints.read_musicgen_config(model_dir)
         tokenizer = T5Tokenizer.from_pretrained(model_dir)  # spiece.model beside the weights, clear error if not
@@ -567,7 +620,8 @@ class MusicGen(nn.Module):
         lm = checkpoints.uninitialised(LM, LMConfig.from_hf(config))
         lm.load_hf_state_dict(tensors, f"{model_dir} (decoder)")  # what is left: the LM's tensors
         generation = checkpoints.generation_from_hf(model_dir, lm.config.num_codebooks)  # window, top_k, guidance
-        return cls(tokenizer, text_encoder, codec, lm, **generation).eval()
+        # T5 and the codec stay in float32: T5's activations overflow float16, and both run once per clip
+        return cls(tokenizer, text_encoder, codec, lm.to(dtype), **generation).eval().to(device)
 
     def hf_config(self):  # config.json: one block per part
         return checkpoints.musicgen_config(self.text_encoder.config, self.codec.config, self.lm.config)
@@ -623,9 +677,10 @@ class MusicGen(nn.Module):
         return torch.cat([chroma_lib.melody_chroma(w, chroma_lib.SAMPLE_RATE, length) for w in rotated]).to(self.device)
 
     def encode_prompt(self, prompt_audio, sample_rate, batch):
-        """An audio prompt ([N], [C, N] or [B, C, N]; one, or one per prompt) -> its codes [B, K, T_p], or None."""
+        """An audio prompt ([N], [C, N] or [B, C, N]; one, or one per prompt) -> its codes [B, K, T_p] (T_p = 0 for
+        none: then the first window starts from step 0 alone)."""
         if prompt_audio is None:
-            return None
+            return torch.zeros(batch, self.lm.config.num_codebooks, 0, dtype=torch.long, device=self.device)
         if sample_rate is None:
             raise ValueError("Pass prompt_sample_rate with prompt_audio (the sample rate of its waveform).")
         codes = self.codec.encode(audio.prepare(prompt_audio, sample_rate, self.sample_rate, 1, "audio prompt"))
@@ -663,38 +718,45 @@ class MusicGen(nn.Module):
     def generate_tokens(self, prompts, frames, *,
                         cfg_coef=None, top_k=None,  # guidance and sampling cut-off; None: the model's
                         top_p=0.0, temperature=1.0,  # nucleus mass (> 0 replaces top-k); temperature 0 = greedy
-                        seed=None, progress=False,  # reproducible sampling; a progress bar per window
+                        seed=None, progress=False,  # reproducible sampling; True, or progress(step, total): Progress
                         melody=None, melody_sample_rate=None,  # a tune to follow (melody models; none: the null one)
                         prompt_audio=None, prompt_sample_rate=None,  # a clip to continue: the output starts with it
                         window=None, extend_stride=None):  # seconds, for music longer than the context (diagram)
-        """Prompts (a string or a list; "" = unconditional) -> codes [B, K, frames], window after window."""
+        """Prompts (a string or a list; "" = unconditional) -> codes [B, K, frames], window after window. Ctrl-C
+        raises Interrupted, its .codes the frames finished so far."""
         if not isinstance(frames, int) or frames <= 0:
             raise ValueError(f"frames must be a positive whole number; got {frames!r}.")
         condition, mask = self.encode_text(prompts)  # [B, L, text_dim], [B, L]
         melodies = self.prepare_melody(melody, melody_sample_rate, len(condition))
-        codes = self.encode_prompt(prompt_audio, prompt_sample_rate, len(condition))  # [B, K, T_p] or None
+        codes = self.encode_prompt(prompt_audio, prompt_sample_rate, len(condition))  # [B, K, T_p], T_p maybe 0
         window, stride = self.window_frames(condition, window, extend_stride)
-        if codes is not None and codes.shape[-1] >= min(frames, window):
+        if codes.shape[-1] >= min(frames, window):
             raise ValueError(f"The audio prompt is {codes.shape[-1] / self.frame_rate:.2f} s long: ask for a longer "
                              f"duration, and use a prompt shorter than the {window / self.frame_rate:.2f} s window.")
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         cfg_coef = self.guidance if cfg_coef is None else cfg_coef
         sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p)
-        start = 0  # first frame of the current window
-        while codes is None or codes.shape[-1] < frames:
-            end = min(start + window, frames)
-            context = None if codes is None else codes[:, :, start:]  # the prompt, then the last window - stride
-            new = generate(self.lm, condition, mask, end - start, cfg_coef, generator, progress,
-                           chroma=self.melody_window(melodies, start), prompt=context, **sampling)
-            codes = new if codes is None else torch.cat([codes[:, :, :start], new], dim=-1)
-            start += stride
+        spans = window_spans(frames, window, stride, codes.shape[-1])
+        K = self.lm.config.num_codebooks  # a window of T frames, T_p of them known, takes T + K - 1 - T_p steps
+        counter = Progress(progress, sum(end - start + K - 1 - known for start, end, known in spans), len(spans))
+        try:
+            for start, end, known in spans:  # each window's prompt: the audio prompt, then the last window - stride
+                new = generate(self.lm, condition, mask, end - start, cfg_coef, generator, counter,
+                               chroma=self.melody_window(melodies, start), prompt=codes[:, :, start:], **sampling)
+                codes = torch.cat([codes[:, :, :start], new], dim=-1)  # new repeats the prompt it was given
+        except Interrupted as stop:  # Ctrl-C: the earlier windows' frames + this one's finished ones
+            raise Interrupted(torch.cat([codes[:, :, :start], stop.codes], dim=-1)) from None
+        finally:
+            counter.bar.close()
         return codes
 
     @torch.inference_mode()
-    def generate(self, prompts, duration=10.0, **options):
+    def generate(self, prompts, duration=10.0, return_tokens=False, **options):
         """Prompts -> waveform [B, 1, duration * sample_rate]: generate_tokens for `duration` seconds (an audio prompt
-        included), then the codec's decoder; options as generate_tokens, e.g. mg.generate(["80s pop"], 8, seed=0)."""
+        included), then the codec's decoder; options as generate_tokens, e.g. mg.generate(["80s pop"], 8, seed=0).
+        return_tokens: (waveform, codes [B, K, T]), the tokens too."""
         if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
             raise ValueError(f"duration must be a positive number of seconds; got {duration!r}.")
-        frames = audio.duration_to_frames(duration, self.frame_rate)
-        return self.codec.decode(self.generate_tokens(prompts, frames, **options))
+        codes = self.generate_tokens(prompts, audio.duration_to_frames(duration, self.frame_rate), **options)
+        wav = self.codec.decode(codes)
+        return (wav, codes) if return_tokens else wav

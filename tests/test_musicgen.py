@@ -340,3 +340,37 @@ def test_bad_inputs_give_clear_errors(tiny, tiny_dir, tmp_path):
         M.MusicGen.from_pretrained(no_vocab)
     with pytest.raises(CheckpointError, match="No model directory"):
         M.MusicGen.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_from_pretrained_device_and_dtype_give_finite_audio(tiny_dir, dtype):
+    mg = M.MusicGen.from_pretrained(tiny_dir, device="cpu", dtype=dtype)
+    assert mg.lm.out_norm.weight.dtype == dtype and mg.device == torch.device("cpu")
+    wav, codes = mg.generate(["rock", ""], duration=0.2, seed=0, return_tokens=True)
+    assert torch.isfinite(wav).all() and codes.shape == (2, 4, 10) and wav.shape[-1] == 10 * mg.codec.hop_length
+
+
+def test_the_whole_model_in_float16_and_bad_dtype_or_device(tiny_dir):
+    mg = M.MusicGen.from_pretrained(tiny_dir, device="auto").to(torch.float16)  # T5 included: padding masks fit
+    assert torch.isfinite(mg.generate(["rock", "a longer prompt"], duration=0.1, seed=0)).all()
+    with pytest.raises(ValueError, match="torch.float64 is not supported"):
+        M.MusicGen.from_pretrained(tiny_dir, dtype=torch.float64)
+    with pytest.raises(CheckpointError, match="unknown device 'gpu'"):
+        M.MusicGen.from_pretrained(tiny_dir, device="gpu")
+
+
+def test_progress_counts_every_window_and_ctrl_c_keeps_the_finished_frames(tiny):
+    calls = []
+    codes = tiny.generate_tokens("rock", 300, seed=0, window=1.0, progress=lambda *step: calls.append(step))
+    spans = M.window_spans(300, 50, 30)  # 1 s windows moving on by 0.6 s
+    assert len(spans) > 1 and calls == [(i, calls[-1][1]) for i in range(1, calls[-1][1] + 1)]  # 1, 2, ... total
+    assert calls[-1][1] == sum(end - start + 3 - known for start, end, known in spans)
+
+    def ctrl_c(step, total):
+        if step == 150:  # in the third window
+            raise KeyboardInterrupt
+
+    with pytest.raises(M.Interrupted) as stop:
+        tiny.generate_tokens("rock", 300, seed=0, window=1.0, progress=ctrl_c)
+    done = stop.value.codes.shape[-1]
+    assert 60 < done < 300 and torch.equal(stop.value.codes, codes[:, :, :done])  # the same frames, all finished
