@@ -94,7 +94,9 @@ def write(path, wav, sample_rate):
     wav = torch.as_tensor(wav).detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]  # [1, N]
-    sf.write(str(path), wav.clamp(-1, 1).T.numpy(), int(sample_rate), subtype="PCM_16")  # 16-bit: what players expect
+    # WAV whatever the name's extension (a temporary name, while checkpoints.atomic_write writes it); 16-bit: what
+    # players expect
+    sf.write(str(path), wav.clamp(-1, 1).T.numpy(), int(sample_rate), format="WAV", subtype="PCM_16")
 
 
 def write_clips(folder, wavs, sample_rate, captions):

@@ -200,6 +200,34 @@ def save_chroma_png(chroma, path, frame_rate=FRAME_RATE, titles=None):
     fig.savefig(path, dpi=100)
 
 
+def save_clip_png(path, wav, sample_rate, melody=None):
+    """Spectrogram (dB) and chromagram of a generated clip [1, N] at `path`, plus the chroma of a melody (wav,
+    sample rate) if one was given: whether the music follows it shows as the same pitch classes lighting up in both."""
+    try:  # as in save_chroma_png
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("save_clip_png needs matplotlib, an optional dependency: pip install matplotlib") from None
+    spec = torch.stft(wav[0], 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()  # [513, frames]
+    db = 20 * torch.log10(spec.clamp(min=1e-5))  # 1024-point frames every 256 samples; the floor avoids log(0)
+    # the generated chroma as energies (argmax=False): more readable than the one-hot the model reads
+    heard = audio.resample(wav, sample_rate, SAMPLE_RATE)  # the chroma's 32 kHz, without chromagram's notice
+    panels = [("generated: chroma", chromagram(heard, SAMPLE_RATE, argmax=False)[0])]
+    if melody is not None:
+        panels.insert(0, ("melody: what the model reads (one-hot chroma)", chromagram(*melody)[0]))
+    fig = Figure(figsize=(10, 2.6 * (1 + len(panels))), layout="tight")  # one row per panel, time on the x axis
+    axes = fig.subplots(1 + len(panels), 1, squeeze=False)[:, 0]  # spectrogram on top, then the chromagrams
+    axes[0].imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
+                   extent=(0, wav.shape[-1] / sample_rate, 0, sample_rate / 2000))  # 80 dB of range, axis in kHz
+    axes[0].set(title="generated: spectrogram (dB)", ylabel="kHz")
+    for ax, (title, panel) in zip(axes[1:], panels):  # panel: [frames, 12]
+        ax.imshow(panel.T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
+                  interpolation="nearest", extent=(0, panel.shape[0] / FRAME_RATE, -0.5, N_CHROMA - 0.5))
+        ax.set_yticks(range(N_CHROMA), PITCH_CLASSES)  # C, C#, ..., B from the bottom
+        ax.set(title=title, ylabel="pitch class")
+    axes[-1].set_xlabel("time (s)")
+    fig.savefig(path, dpi=100)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Print the dominant pitch class per chroma frame of an audio file.")
     parser.add_argument("wav", help="any audio file soundfile can read")

@@ -8,29 +8,43 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
     python sample.py --model facebook/musicgen-melody --prompt "jazz" --melody tune.wav --plot
     python sample.py --prompt "rock" --continue clip.wav --duration 12    # 12 s, starting with the clip
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
+    python sample.py --model facebook/musicgen-small --download --prompt "jazz"   # fetch it into the HF cache first
 
 Sampling follows the paper (§3.1): top-k 250 (of 2048 codes; a model with a smaller codebook keeps the same
 share), temperature 1, classifier-free guidance 3, unless the model's generation_config.json says otherwise (train.py
 writes the settings it trained and measured with there). Every WAV gets a .json beside it with all the settings
 (seed included: without --seed one is drawn and recorded, so any output can be made again on the same machine), and
---plot draws its spectrogram and chromagram (needs matplotlib). Nothing is downloaded: --model is a directory, or a
-hub id already in the Hugging Face cache.
+--plot draws its spectrogram and chromagram (needs matplotlib). Files are named after the prompt and the seed
+(samples/00_baroque_seed1234.wav) and never overwritten: a taken name gets -2, -3... Ctrl-C keeps the music made so
+far (its .json says "partial"). Nothing is downloaded unless --download is given: --model is a directory, or a hub id
+already in the Hugging Face cache. Every setting is checked before the model loads.
 """
 
 import argparse
 import json
+import math
+import os
 import random
+import re
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+# OpenMP threads that spin while they wait for work take the core from any other busy process, which slows both by
+# an order of magnitude on a shared machine; waiting passively yields the core. Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
 import audio
+import checkpoints
 import chroma
 from checkpoints import CheckpointError
-from musicgen import MusicGen
+from musicgen import Interrupted, MusicGen
 
 DEFAULT_MODEL = "out/small"  # where `python train.py` saves its final model
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 
 
 def parse_args(argv=None):
@@ -60,20 +74,92 @@ def parse_args(argv=None):
     # where the results go
     p.add_argument("--plot", action="store_true", help="also write a spectrogram + chromagram PNG per WAV")
     p.add_argument("--out", default="samples", help="output directory, or a .wav path for a single prompt")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    # where and how it runs
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda...")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's, one per core); 1 is far faster on a busy machine")
+    p.add_argument("--download", action="store_true", help="fetch a hub id --model that is not on disk (needs network)")
     return p.parse_args(argv)
 
 
-def load(model):
-    """MusicGen.from_pretrained, with the next step to take when there is no model yet."""
+def fail(problem):
+    """Stop at once with one line, 'sample.py: <problem>; <fix>', and a non-zero exit status."""
+    sys.exit(f"sample.py: {problem}")
+
+
+def check_settings(args):
+    """Every setting that can be wrong, checked before anything is loaded -> (prompts, device)."""
+    if args.unconditional and args.prompt:  # contradictory: say which flag to drop
+        fail("--unconditional generates without text; drop the --prompt flags, or drop --unconditional")
+    if not (math.isfinite(args.duration) and args.duration > 0):  # "nan" and "inf" parse as floats too
+        fail(f"--duration {args.duration} is not a length; pass a positive number of seconds, e.g. --duration 10")
+    if not args.temperature >= 0:  # written "not >= 0" so that NaN fails too
+        fail(f"--temperature {args.temperature} is negative; use 0 (greedy), 1 (the default) or anything above 0")
+    if args.top_k is not None and args.top_k < 0:  # None: the model's own default
+        fail(f"--top-k {args.top_k} is negative; use 0 (every code) or a positive count, e.g. --top-k 250")
+    if not 0 <= args.top_p <= 1:  # a probability mass: above 1 or below 0 means nothing
+        fail(f"--top-p {args.top_p} is not a probability mass; use a value in [0, 1], e.g. 0.9 (0 = top-k instead)")
+    # only the sign here: whether a window fits the model's positions is known once the model is loaded
+    for flag, value in (("--window", args.window), ("--extend-stride", args.extend_stride)):
+        if value is not None and not value > 0:
+            fail(f"{flag} {value} is not a length; pass a positive number of seconds, or leave it out")
+    if args.threads is not None and args.threads < 1:  # torch would fail later with a RuntimeError of its own
+        fail(f"--threads {args.threads} is below 1; pass 1 or more, or leave it out for one per core")
+    # below 1, guidance moves the logits away from the conditional ones (Paper §3.1's formula allows it), i.e. away
+    # from the prompt: allowed, as an experiment, but probably not what was meant
+    if args.cfg is not None and args.cfg < 1:
+        audio.notice(f"--cfg {args.cfg} is below 1: that steers away from the prompt (1 = no guidance, 3 = default).")
+    if args.download and not checkpoints.is_hub_id(args.model):  # only a hub id has something to download
+        fail(f"--download needs a hub id owner/name as --model, not {args.model}; e.g. facebook/musicgen-small")
+    if args.plot:
+        try:
+            import matplotlib  # only to know it is there before the slow part
+        except ImportError:
+            fail("--plot needs matplotlib; pip install matplotlib, or drop --plot")
+    try:  # auto: a CUDA GPU, else MPS, else the CPU; a device that is not here fails now, not after loading
+        device = checkpoints.pick_device(args.device)
+    except CheckpointError as e:
+        fail(e)
+    prompts = [""] if args.unconditional or args.prompt is None else args.prompt  # "" = the null condition
+    return prompts, device
+
+
+def check_out(out, prompts):
+    """The folder the files go to (created; a file is tried in it) and the single .wav named by --out, or None."""
+    path = Path(out)
+    # we write WAV only; --out x.flac must not quietly become a folder named x.flac (an existing folder may have a dot)
+    if path.suffix != ".wav" and path.suffix and not path.is_dir():
+        fail(f"--out {out}: only .wav files are written; pass --out {path.with_suffix('.wav')}, or a directory")
+    if path.suffix == ".wav" and len(prompts) > 1:  # one file cannot hold several clips
+        fail(f"--out {out} names one .wav file but there are {len(prompts)} prompts; pass a directory")
+    folder = path.parent if path.suffix == ".wav" else path
+    # the only sure test of writability (permissions, a read-only disk, /proc) is to make the folder and a file in
+    # it: now, rather than after minutes of generation
     try:
-        return MusicGen.from_pretrained(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        fail(f"cannot write to {folder} ({e.strerror}); pass --out with a folder you can write to")
+    return folder, path if path.suffix == ".wav" else None
+
+
+def load(args, device):
+    """MusicGen.from_pretrained (after a download if asked for), with the next step to take when there is no model."""
+    model = args.model
+    # --download fetches only what is missing: a directory on disk or a cached copy is used as it is
+    if args.download and not Path(model).is_dir() and checkpoints.find_in_hf_cache(model) is None:
+        print(f"downloading {model} into {checkpoints.hf_cache_dir()}")
+        try:
+            model = checkpoints.download(model)
+        except CheckpointError as e:
+            fail(e)
+    try:
+        return MusicGen.from_pretrained(model, device=device)
     except CheckpointError as e:
         if model == DEFAULT_MODEL and not (Path(model) / "config.json").exists():  # the user has not trained yet
-            raise SystemExit(f"No trained model in {DEFAULT_MODEL}: train one with `python train.py`, or pass --model "
-                             "with a MusicGen directory, e.g. `huggingface-cli download facebook/musicgen-small "
-                             "--local-dir models/musicgen-small`, then --model models/musicgen-small.") from None
-        raise SystemExit(f"Could not load --model {model}:\n{e}") from None
+            fail(f"no trained model in {DEFAULT_MODEL}; train one with `python train.py`, or pass a MusicGen "
+                 "directory or hub id, e.g. --model facebook/musicgen-small --download")
+        fail(f"cannot load --model {model}: {e}")
 
 
 def read_audio(path, what):
@@ -81,92 +167,95 @@ def read_audio(path, what):
     try:
         return audio.read(path)
     except Exception as e:  # soundfile's errors vary by format
-        raise SystemExit(f"Could not read the {what} file {path}: {e}") from None
+        fail(f"cannot read the {what} file {path}: {e}")
 
 
-def output_paths(out, prompts):
-    """One WAV per prompt: out itself if it names a .wav (one prompt), else out/NN_first_words_of_prompt.wav."""
-    if out.endswith(".wav"):
-        if len(prompts) > 1:
-            raise SystemExit("--out names a single .wav file but there are several prompts; pass a directory.")
-        return [Path(out)]
-    names = ["_".join(p.split())[:40].replace("/", "-") or "unconditional" for p in prompts]  # safe file names
-    return [Path(out) / f"{i:02d}_{name}.wav" for i, name in enumerate(names)]
+def file_name(index, prompt, seed):
+    """NN_prompt_seedS.wav: the prompt in ASCII letters, digits, - and _ (no emoji, no : / ?), at most 40 of them."""
+    # spaces become _, then everything else outside A-Z a-z 0-9 _ - goes: emoji, accents, and : / ? \ * that some
+    # file systems refuse; 40 characters keep the name readable in a listing
+    name = re.sub(r"[^A-Za-z0-9_-]", "", "_".join(prompt.split()))[:40]
+    return f"{index:02d}_{name or ('prompt' if prompt.strip() else 'unconditional')}_seed{seed}.wav"
 
 
-def save_plot(path, wav, sample_rate, melody=None):
-    """Spectrogram (dB) and chromagram of a generated clip [1, N], plus the melody's chroma if one was given:
-    whether the music follows the melody shows as the same pitch classes lighting up in both chromagrams."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no window, no global state
-    except ImportError:
-        audio.notice("--plot needs matplotlib (pip install matplotlib); skipping the pictures.")
-        return False
-    spec = torch.stft(wav[0], 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()  # [513, frames]
-    db = 20 * torch.log10(spec.clamp(min=1e-5))  # 1024-point frames every 256 samples; the floor avoids log(0)
-    # chroma.py works at 32 kHz, as the melody models' chroma does: a model of another rate is resampled first
-    heard = audio.resample(wav, sample_rate, chroma.SAMPLE_RATE) if sample_rate != chroma.SAMPLE_RATE else wav
-    # the generated chroma as energies (argmax=False): more readable than the one-hot the model reads
-    panels = [("generated: chroma", chroma.chromagram(heard, chroma.SAMPLE_RATE, argmax=False)[0])]
-    if melody is not None:
-        panels.insert(0, ("melody: what the model reads (one-hot chroma)", chroma.chromagram(*melody)[0]))
-    fig = Figure(figsize=(10, 2.6 * (1 + len(panels))), layout="tight")  # one row per panel, time on the x axis
-    axes = fig.subplots(1 + len(panels), 1, squeeze=False)[:, 0]  # spectrogram on top, then the chromagrams
-    axes[0].imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
-                   extent=(0, wav.shape[-1] / sample_rate, 0, sample_rate / 2000))  # 80 dB of range, axis in kHz
-    axes[0].set(title="generated: spectrogram (dB)", ylabel="kHz")
-    for ax, (title, panel) in zip(axes[1:], panels):  # panel: [frames, 12]
-        ax.imshow(panel.T.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
-                  interpolation="nearest", extent=(0, panel.shape[0] / chroma.FRAME_RATE, -0.5, 11.5))
-        ax.set_yticks(range(12), chroma.PITCH_CLASSES)  # C, C#, ..., B from the bottom
-        ax.set(title=title, ylabel="pitch class")
-    axes[-1].set_xlabel("time (s)")
-    fig.savefig(path, dpi=100)
-    return True
+def free_path(path):
+    """path, else path-2.wav, path-3.wav...: the first whose WAV, JSON and PNG are all free (nothing is overwritten)."""
+    # the same prompt and seed give the same name, and a second run must not overwrite the first: the seed in the
+    # name tells runs apart, the -N suffix the rest
+    candidate, n = path, 1
+    while any(candidate.with_suffix(suffix).exists() for suffix in (".wav", ".json", ".png")):
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}.wav")
+    return candidate
 
 
-def main(argv=None):
-    """Load the model, generate every prompt in one batch, write WAV + JSON (+ PNG) per prompt, report the speed."""
-    args = parse_args(argv)
-    if args.unconditional and args.prompt:  # contradictory: say which flag to drop
-        raise SystemExit("--unconditional generates without text: drop the --prompt flags, or drop it.")
-    prompts = [""] if args.unconditional or args.prompt is None else args.prompt  # "" = the null condition
-    seed = args.seed if args.seed is not None else random.randrange(2**31)  # recorded, so the run can be repeated
-    mg = load(args.model).to(args.device)  # T5, codec and LM in float32 (the released weights' dtype)
-    # the conditions beyond text, (wav, sample rate) or (None, None): MusicGen.generate resamples and downmixes
-    melody = read_audio(args.melody, "--melody") if args.melody else (None, None)
-    clip = read_audio(args.continue_from, "--continue") if args.continue_from else (None, None)
-    paths = output_paths(args.out, prompts)  # before the slow part: a bad --out fails at once
-
-    # All prompts in one batch (one random stream: the same prompts and seed give the same files).
-    t0 = time.perf_counter()
+def generate(mg, prompts, args, seed, melody, clip):
+    """All prompts in one batch -> (waveforms [B, 1, N], partial): the whole clips, or after Ctrl-C the frames
+    finished so far (partial = True). Ctrl-C before the first frame exits at once."""
     try:
         wav = mg.generate(prompts, duration=args.duration, cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p,
                           temperature=args.temperature, seed=seed, progress=True, melody=melody[0],
                           melody_sample_rate=melody[1], prompt_audio=clip[0], prompt_sample_rate=clip[1],
-                          window=args.window, extend_stride=args.extend_stride).cpu()  # [B, 1, N]
-    except ValueError as e:  # bad settings (a window too long, a prompt clip too long, ...): one line, no trace
-        raise SystemExit(f"error: {e}") from None
+                          window=args.window, extend_stride=args.extend_stride)  # [B, 1, N]
+        return wav.cpu(), False
+    except ValueError as e:  # settings that need the model to check (a window too long...): one line, no trace
+        fail(e)
+    except Interrupted as stop:  # Ctrl-C: the frames finished so far are music already paid for
+        if stop.codes.shape[-1] == 0:  # stopped within the first K steps: not one whole frame to keep
+            raise KeyboardInterrupt from None
+        print(f"interrupted: keeping the {stop.codes.shape[-1] / mg.frame_rate:.1f} s generated so far",
+              file=sys.stderr)
+        with torch.inference_mode():  # the codes are inference tensors, made under MusicGen.generate's own
+            return mg.codec.decode(stop.codes).cpu(), True
+
+
+def main(argv=None):
+    """Check the settings, load the model, generate every prompt in one batch, write WAV + JSON (+ PNG) per prompt."""
+    args = parse_args(argv)
+    prompts, device = check_settings(args)
+    folder, single = check_out(args.out, prompts)  # before the slow part: a bad --out fails at once
+    seed = args.seed if args.seed is not None else random.randrange(2**31)  # recorded, so the run can be repeated
+    # the conditions beyond text, (wav, sample rate) or (None, None): MusicGen.generate resamples and downmixes
+    melody = read_audio(args.melody, "--melody") if args.melody else (None, None)
+    clip = read_audio(args.continue_from, "--continue") if args.continue_from else (None, None)
+    if args.threads:  # torch's default, a thread per core, fights any other busy process for every core
+        torch.set_num_threads(args.threads)
+    mg = load(args, device)  # T5, codec and LM in float32 (the released weights' dtype)
+    # the plan, before the slow part; then one bar counts the steps of all windows and estimates the time left
+    print(f"generating {len(prompts)} x {args.duration:g} s with {args.model} on {device}, seed {seed} "
+          "(Ctrl-C stops and keeps what is done)", flush=True)
+    t0 = time.perf_counter()
+    try:
+        wav, partial = generate(mg, prompts, args, seed, melody, clip)
+    except KeyboardInterrupt:  # before the first frame (or while T5 read the prompts): nothing to keep
+        print("sample.py: interrupted before any music was made; nothing written", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     seconds = time.perf_counter() - t0
 
     # Every setting that made the clip, the model's defaults resolved, goes into a .json beside each WAV.
     generated = wav.shape[-1] / mg.sample_rate
-    settings = {"model": str(args.model), "duration": generated, "seed": seed,
+    settings = {"model": str(args.model), "duration": generated, "seed": seed, "partial": partial,
                 "cfg": mg.guidance if args.cfg is None else args.cfg,
                 "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
                 "temperature": args.temperature, "melody": args.melody, "continue": args.continue_from,
                 "window": args.window, "extend_stride": args.extend_stride, "batch_size": len(prompts),
-                "device": args.device, "sample_rate": mg.sample_rate, "seconds_taken": round(seconds, 3)}
-    for path, prompt, out in zip(paths, prompts, wav):
-        path.parent.mkdir(parents=True, exist_ok=True)  # --out may name a directory that does not exist yet
-        audio.write(path, out, mg.sample_rate)
-        path.with_suffix(".json").write_text(json.dumps(dict(prompt=prompt, **settings), indent=2) + "\n")
+                "device": str(device), "threads": torch.get_num_threads(), "sample_rate": mg.sample_rate,
+                "seconds_taken": round(seconds, 3)}
+    for i, (prompt, out) in enumerate(zip(prompts, wav)):
+        path = free_path(single or folder / file_name(i, prompt, seed))  # an explicit --out x.wav is not overwritten
+        # written under a temporary name and renamed: a crash or a second Ctrl-C leaves no half-written file
+        checkpoints.atomic_write(path, lambda tmp: audio.write(tmp, out, mg.sample_rate))
+        text = json.dumps(dict(prompt=prompt, **settings), indent=2) + "\n"
+        checkpoints.atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
         print(f"wrote {path} (+ .json)")
-        if args.plot and save_plot(path.with_suffix(".png"), out, mg.sample_rate, melody if args.melody else None):
+        if args.plot:
+            chroma.save_clip_png(path.with_suffix(".png"), out, mg.sample_rate, melody if args.melody else None)
             print(f"wrote {path.with_suffix('.png')}")
     # Speed as seconds of compute per second of music (a batch shares the cost: divide by its size per clip).
-    print(f"{seconds:.1f} s for {len(prompts)} x {generated:.1f} s of audio on {args.device}: "
+    print(f"{seconds:.1f} s for {len(prompts)} x {generated:.1f} s of audio on {device}: "
           f"{seconds / generated:.2f} s per generated second (batch of {len(prompts)}; seed {seed})")
+    if partial:  # the shell and scripts learn that the run was stopped, though its files are fine
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

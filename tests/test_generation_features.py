@@ -185,12 +185,14 @@ def test_sample_writes_wavs_with_sidecar_settings(model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "s per generated second" in printed
     wavs = sorted(out.glob("*.wav"))
-    assert [w.name for w in wavs] == ["00_rock.wav", "01_unconditional.wav"]
     settings = json.loads(wavs[0].with_suffix(".json").read_text())
+    seed = settings["seed"]
+    assert [w.name for w in wavs] == [f"00_rock_seed{seed}.wav", f"01_unconditional_seed{seed}.wav"]
     assert settings["prompt"] == "rock" and settings["top_k"] == 20 and settings["cfg"] == 3.0
     assert settings["continue"] == str(clip) and settings["model"] == str(model_dir)
     assert isinstance(settings["seed"], int) and settings["seconds_taken"] > 0 and settings["duration"] == 0.5
-    for key in ("temperature", "top_p", "melody", "window", "extend_stride"):
+    assert settings["partial"] is False
+    for key in ("temperature", "top_p", "melody", "window", "extend_stride", "device", "threads"):
         assert key in settings
     wav, rate = audio.read(wavs[0])
     assert rate == 8000 and wav.shape[-1] == 4000
@@ -199,7 +201,7 @@ def test_sample_writes_wavs_with_sidecar_settings(model_dir, tmp_path, capsys):
     again = tmp_path / "again"
     sample.main(["--model", str(model_dir), "--prompt", "rock", "--prompt", "", "--duration", "0.5", "--continue",
                  str(clip), "--top-k", "20", "--seed", str(settings["seed"]), "--out", str(again)])
-    torch.testing.assert_close(audio.read(again / "00_rock.wav")[0], wav, atol=0, rtol=0)
+    torch.testing.assert_close(audio.read(again / f"00_rock_seed{seed}.wav")[0], wav, atol=0, rtol=0)
 
 
 def test_sample_plot_and_unconditional_flag(model_dir, tmp_path):
