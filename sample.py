@@ -1,7 +1,7 @@
 """
 sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV files out.
 
-    python sample.py --prompt "baroque harpsichord"                       # our trained model in out/small
+    python sample.py --prompt "baroque harpsichord"                       # our trained model in out/small/model
     python sample.py --model facebook/musicgen-small --duration 8 \\
         --prompt "80s pop with synths" --prompt "lofi hip hop"            # one WAV per prompt, one batch
     python sample.py --unconditional                                      # no text (same as --prompt "")
@@ -43,7 +43,7 @@ import chroma
 from checkpoints import CheckpointError
 from musicgen import Interrupted, MusicGen
 
-DEFAULT_MODEL = "out/small"  # where `python train.py` saves its final model
+DEFAULT_MODEL = "out/small/model"  # where `python train.py` exports its final model
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 
 

@@ -108,6 +108,13 @@ def test_two_runs_keep_both_outputs_readable_by_others(model_dir, tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044  # group and others may read (not mkstemp's 0600)
 
 
+def test_no_trained_model_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no out/small/model here
+    with pytest.raises(SystemExit, match=r"^sample.py: no trained model in out/small/model; train one with `python "
+                                         r"train.py`, or .*--download$"):
+        sample.main(["--prompt", "baroque"])
+
+
 def test_a_hub_id_is_downloaded_only_with_download(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))  # empty: the id is not cached
     with pytest.raises(SystemExit, match=r"hf download someone/tiny-musicgen .*--download"):
