@@ -527,16 +527,16 @@ def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None
     B, K = condition.shape[0], lm.config.num_codebooks
     seq, start = start_sequence(B, K, frames, lm.special, condition.device, prompt)
     condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
-    cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
-    x = seq[:, :, :start]  # every known step (step 0 or the prompt's, plus a melody prefix) goes in first
     try:
+        cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
+        x = seq[:, :, :start]  # every known step (step 0 or the prompt's, plus a melody prefix) goes in first
         for s in range(start, seq.shape[-1]):
             logits = lm.decode(torch.cat([x, x]) if guided else x, cache)  # [2B, K, N]
             seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
             x = seq[:, :, s : s + 1]  # then only the newest step
             if on_step is not None:
                 on_step()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, on whichever line: seq holds every step written so far, a prompt's included
         raise Interrupted(finished_frames(seq)) from None
     return revert_delay(seq)
 
@@ -557,7 +557,7 @@ class Progress:
                         leave=True, disable=progress is not True)  # the bar stays: steps, windows, time
 
     def __call__(self):  # one step done
-        self.step += 1
+        self.step += 1  # counted over all windows: one bar from 0 to total, not one per window
         self.bar.update()
         if callable(self.progress):
             self.progress(self.step, self.total)
@@ -574,7 +574,7 @@ def window_spans(frames, window, stride, known=0):
     while known < frames:
         end = min(start + window, frames)
         spans.append((start, end, known - start))
-        start, known = start + stride, end
+        start, known = start + stride, end  # the next window keeps this one's last window - stride frames
     return spans
 
 
@@ -607,7 +607,7 @@ class MusicGen(nn.Module):
         from t5_encoder import T5Config, T5Encoder, T5Tokenizer
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):  # checked before the slow loading
             raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.float16")
-        device = torch.device("cpu") if device is None else checkpoints.pick_device(device)
+        device = torch.device("cpu") if device is None else checkpoints.pick_device(device)  # a missing GPU: now
         model_dir = checkpoints.resolve_model_dir(name_or_path)
         config = checkpoints.read_musicgen_config(model_dir)
         tokenizer = T5Tokenizer.from_pretrained(model_dir)  # spiece.model beside the weights, clear error if not
@@ -758,5 +758,5 @@ class MusicGen(nn.Module):
         if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
             raise ValueError(f"duration must be a positive number of seconds; got {duration!r}.")
         codes = self.generate_tokens(prompts, audio.duration_to_frames(duration, self.frame_rate), **options)
-        wav = self.codec.decode(codes)
-        return (wav, codes) if return_tokens else wav
+        wav = self.codec.decode(codes)  # [B, 1, T * hop_length]
+        return (wav, codes) if return_tokens else wav  # the tokens: to decode again, continue, or study
