@@ -132,12 +132,12 @@ def check_out(out, prompts):
         fail(f"--out {out}: only .wav files are written; pass --out {path.with_suffix('.wav')}, or a directory")
     if path.suffix == ".wav" and len(prompts) > 1:  # one file cannot hold several clips
         fail(f"--out {out} names one .wav file but there are {len(prompts)} prompts; pass a directory")
-    folder = path.parent if path.suffix == ".wav" else path
+    folder = path.parent if path.suffix == ".wav" else path  # where the files go either way
     # the only sure test of writability (permissions, a read-only disk, /proc) is to make the folder and a file in
     # it: now, rather than after minutes of generation
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryFile(dir=folder).close()  # deleted on close: nothing is left behind
     except OSError as e:
         fail(f"cannot write to {folder} ({e.strerror}); pass --out with a folder you can write to")
     return folder, path if path.suffix == ".wav" else None
@@ -148,7 +148,7 @@ def load(args, device):
     model = args.model
     # --download fetches only what is missing: a directory on disk or a cached copy is used as it is
     if args.download and not Path(model).is_dir() and checkpoints.find_in_hf_cache(model) is None:
-        print(f"downloading {model} into {checkpoints.hf_cache_dir()}")
+        print(f"downloading {model} into {checkpoints.hf_cache_dir()}")  # gigabytes for the released models
         try:
             model = checkpoints.download(model)
         except CheckpointError as e:
@@ -175,6 +175,7 @@ def file_name(index, prompt, seed):
     # spaces become _, then everything else outside A-Z a-z 0-9 _ - goes: emoji, accents, and : / ? \ * that some
     # file systems refuse; 40 characters keep the name readable in a listing
     name = re.sub(r"[^A-Za-z0-9_-]", "", "_".join(prompt.split()))[:40]
+    # NN keeps the files in the order of the prompts; a prompt of emoji only still gets a word
     return f"{index:02d}_{name or ('prompt' if prompt.strip() else 'unconditional')}_seed{seed}.wav"
 
 
