@@ -95,7 +95,7 @@ def opt(default, help):
 
 @dataclass
 class TrainConfig:
-    out_dir: str = opt("out/small", "where the stages write their results and the final model")
+    out_dir: str = opt("out/small", "where the stages write their results, and the final model in model/")
     cache_dir: str = opt("cache", "rendered audio and parsed scores, shared between runs")
     seed: int = opt(0, "every random choice of the run derives from it")
     device: str = opt("auto", "cuda / cpu / cuda:1 / mps; auto = cuda, else mps, else cpu")
