@@ -4,7 +4,6 @@ Parity tests build transformers' MusicgenForConditionalGeneration at the full mu
 weights (fp32), save it, load the files with our code and compare logits, greedy codes and decoded audio.
 Everything else runs on tiny models built from our own presets."""
 
-import json
 import shutil
 
 import pytest
@@ -21,40 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def hf_small(tmp_path_factory, shared_dir, spiece_path):
+def hf_small(hf_small_builder):
     """(transformers model, its saved directory): musicgen-small sizes, random weights, float32."""
-    transformers = pytest.importorskip("transformers")
-    config = json.loads((shared_dir / "assets/configs/hf/musicgen-small_config.json").read_text())
-    for block in (config, config["text_encoder"], config["audio_encoder"], config["decoder"]):
-        block.pop("dtype", None)  # the vendored file says float16; compare in float32
-    torch.manual_seed(0)
-    with no_init_weights():  # torch's and HF's init take ~30 s at this size; a plain normal fill takes ~6 s
-        model = transformers.MusicgenForConditionalGeneration(transformers.MusicgenConfig.from_dict(config)).eval()
-    model.tie_weights()  # T5's shared / embed_tokens are one tensor (no_init_weights skipped the tying)
-    random_fill(model)
-    model_dir = tmp_path_factory.mktemp("musicgen-small")
-    model.save_pretrained(model_dir)
-    shutil.copy(spiece_path, model_dir / "spiece.model")
-    return model, model_dir
-
-
-def no_init_weights():
-    from transformers.initialization import no_init_weights
-
-    return no_init_weights()
-
-
-@torch.no_grad()
-def random_fill(model):
-    """Random weights of a sensible scale: N(0, 0.02) everywhere, norms at 1, weight-norm gains at 1."""
-    codebooks = [(n, b) for n, b in model.named_buffers() if n.endswith("codebook.embed")]  # not the sinusoids!
-    for name, tensor in [*model.named_parameters(), *codebooks]:
-        if name.endswith("original0") or "norm.weight" in name or "layer_norm" in name and name.endswith("weight"):
-            tensor.fill_(1.0)
-        elif "norm" in name and name.endswith("bias"):
-            tensor.zero_()
-        else:
-            tensor.normal_(0, 0.02)
+    return hf_small_builder()
 
 
 @pytest.fixture(scope="module")
