@@ -301,7 +301,7 @@ def save_config(config_dict, path):
 LM_CONFIG_NAMES = {  # LMConfig field -> its name in the `decoder` block of config.json (N is HF's vocab_size)
     "num_codebooks": "num_codebooks", "card": "vocab_size", "dim": "hidden_size", "num_layers": "num_hidden_layers",
     "num_heads": "num_attention_heads", "ffn_dim": "ffn_dim", "max_positions": "max_position_embeddings",
-    "activation": "activation_function", "dropout": "dropout",
+    "activation": "activation_function", "dropout": "dropout", "audio_channels": "audio_channels",  # 2: stereo
 }
 MUSICGEN_PARTS = ("text_encoder", "audio_encoder", "decoder")  # the blocks of config.json
 
@@ -310,8 +310,9 @@ def lm_config_from_hf(config):
     """LMConfig's fields (a dict) from a whole MusicGen config.json: its `decoder` block, the T5 width, and a melody
     model's top-level num_chroma and chroma_length (absent: LMConfig's defaults, the released melody model's)."""
     decoder = config["decoder"]
-    if decoder.get("audio_channels", 1) != 1:
-        raise CheckpointError("Only mono MusicGen checkpoints are supported (decoder.audio_channels = 1).")
+    if decoder.get("audio_channels", 1) not in (1, 2):
+        raise CheckpointError(f"decoder.audio_channels is {decoder['audio_channels']}: MusicGen checkpoints are "
+                              "mono (1) or stereo (2).")
     fields = {ours: decoder[hf] for ours, hf in LM_CONFIG_NAMES.items() if hf in decoder}
     fields.update({key: config[key] for key in ("num_chroma", "chroma_length") if key in config})
     # the melody model prepends its conditions instead of cross-attending to them (musicgen.LM)
@@ -324,7 +325,7 @@ def lm_config_to_hf(fields):
     model_type = "musicgen_decoder" if fields["cross_attention"] else "musicgen_melody_decoder"
     decoder = {hf: fields[ours] for ours, hf in LM_CONFIG_NAMES.items()}
     # every other field keeps transformers' default, which is what the released decoders use (no other dropout,
-    # unscaled embeddings, mono); the special token N pads and starts every sequence
+    # unscaled embeddings); the special token N pads and starts every sequence
     return {"model_type": model_type, **decoder, "pad_token_id": fields["card"], "bos_token_id": fields["card"]}
 
 
@@ -395,23 +396,23 @@ def take(tensors, prefix):
     return {name[len(prefix) :]: tensors.pop(name) for name in names}
 
 
-def generation_from_hf(model_dir, num_codebooks):
+def generation_from_hf(model_dir, levels):
     """MusicGen's generation defaults from generation_config.json, None where it does not say: context_frames
-    (the window, from max_length = T + K steps: 1500 for the released models, i.e. their 30 s training crops),
-    top_k and guidance (guidance_scale)."""
+    (the window, from max_length = T + K steps, K the codebook levels per channel: 1500 for the released models,
+    i.e. their 30 s training crops), top_k and guidance (guidance_scale)."""
     path = Path(model_dir) / "generation_config.json"
     generation = json.loads(path.read_text()) if path.exists() else {}
     max_length = generation.get("max_length")
-    return {"context_frames": max_length - num_codebooks if max_length else None, "top_k": generation.get("top_k"),
+    return {"context_frames": max_length - levels if max_length else None, "top_k": generation.get("top_k"),
             "guidance": generation.get("guidance_scale")}
 
 
-def generation_to_hf(special, num_codebooks, context_frames, top_k, guidance):
+def generation_to_hf(special, levels, context_frames, top_k, guidance):
     """generation_config.json: sampling with the model's top_k and guidance, sequences of at most the window
     (T + K steps; 1500 without one, as released), every sequence padded and started with the special token."""
     return {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
             "do_sample": True, "guidance_scale": guidance, "top_k": top_k,
-            "max_length": context_frames + num_codebooks if context_frames else 1500}
+            "max_length": context_frames + levels if context_frames else 1500}
 
 
 def save_musicgen(model_dir, config, generation, tensors):

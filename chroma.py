@@ -201,12 +201,14 @@ def save_chroma_png(chroma, path, frame_rate=FRAME_RATE, titles=None):
 
 
 def save_clip_png(path, wav, sample_rate, melody=None):
-    """Spectrogram (dB) and chromagram of a generated clip [1, N] at `path`, plus the chroma of a melody (wav,
-    sample rate) if one was given: whether the music follows it shows as the same pitch classes lighting up in both."""
+    """Spectrogram (dB) and chromagram of a generated clip [C, N] (a stereo clip: the mean of its channels) at `path`,
+    plus the chroma of a melody (wav, sample rate) if one was given: whether the music follows it shows as the same
+    pitch classes lighting up in both."""
     try:  # as in save_chroma_png
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("save_clip_png needs matplotlib, an optional dependency: pip install matplotlib") from None
+    wav = wav.mean(dim=0, keepdim=True)  # [1, N]
     spec = torch.stft(wav[0], 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()  # [513, frames]
     db = 20 * torch.log10(spec.clamp(min=1e-5))  # 1024-point frames every 256 samples; the floor avoids log(0)
     # the generated chroma as energies (argmax=False): more readable than the one-hot the model reads

@@ -3,16 +3,18 @@ MusicGen: a single transformer language model over K parallel streams of EnCodec
 Read top to bottom, with the paper open:
 
     1. codebook interleaving   delay_pattern / revert_delay / valid_target_mask (+ parallel)    Paper §2.2
+                               channel_delay_pattern: the stereo partial delay                   Paper §4.3
     2. LMConfig + presets      the released sizes, and ours exactly as train.py trains them      Paper §2.4, §3.1
     3. the transformer LM      embeddings + sinusoids, layers, K heads, loss, the melody prefix  Paper §2.3-2.4
     4. generation              sampling functions, the reference loop and the KV-cache loop      Paper §3.1
     5. MusicGen                T5 + LM + EnCodec: melodies, audio prompts, long generation, loading and saving
 
-Shapes: B batch, K codebooks (4), N = card = 2048 codebook size (the special "empty" token has id N), T audio
-frames (50 per second), S LM steps, L text tokens, D model width, T_c chroma frames. What the paper leaves out
-(biases, the sinusoid variant, masking) follows the released checkpoints as audiocraft (github.com/facebookresearch/
-audiocraft) and transformers (github.com/huggingface/transformers, `models/musicgen/`) run them, cited by file;
-"Paper vs release" marks where the code and the paper text differ.
+Shapes: B batch, K codebooks (4; 8 = 4 levels x 2 channels for stereo), C audio channels (1 or 2), N = card = 2048
+codebook size (the special "empty" token has id N), T audio frames (50 per second), S LM steps, L text tokens, D model
+width, T_c chroma frames. What the paper leaves out (biases, the sinusoid variant, masking) follows the released
+checkpoints as audiocraft (github.com/facebookresearch/audiocraft) and transformers (github.com/huggingface/
+transformers, `models/musicgen/`) run them, cited by file; "Paper vs release" marks where the code and the paper text
+differ.
 """
 
 import math
@@ -59,6 +61,40 @@ def revert_delay(seq):
     # --- end exercise: delay_pattern ---
 
 
+# The *stereo partial delay* (Paper §4.3, Figure 2a): the same mono EnCodec encodes the left and the right channel,
+# giving 2K streams, interleaved level by level as the released stereo models order them: stream 2k is level k of
+# the left channel, stream 2k + 1 level k of the right. L and R of a level share delay k, so each channel is laid out
+# exactly as the mono pattern above and the two layouts are interleaved. K = 4 levels, T = 6, left codes 100*k + t,
+# right codes 100*k + 50 + t:
+#
+#     step s:    0   1   2   3   4   5   6   7   8   9
+#     L k=0:     S   0   1   2   3   4   5   S   S   S      stream 0, delay 0
+#     R k=0:     S  50  51  52  53  54  55   S   S   S      stream 1, delay 0
+#     L k=1:     S   S  100 101 102 103 104 105  S   S      stream 2, delay 1
+#     R k=1:     S   S  150 151 152 153 154 155  S   S      stream 3, delay 1
+#     ...                                                    streams 4-5: delay 2
+#     R k=3:     S   S   S   S  350 351 352 353 354 355     stream 7, delay 3
+#
+# It adds no steps: the LM sums the embeddings of all 2K streams of a step into one vector and has one head per stream
+# (section 3), so twice the streams make each step wider, not the sequence longer: T frames still take T + K steps.
+# (Table 3's other variant, "stereo delay", gives the right channel a delay of its own; the released checkpoints use
+# the partial delay, as transformers' build_delay_pattern_mask in `modeling_musicgen.py` lays it out.)
+def interleave(channels):
+    """A list of C per-channel tensors [B, K, X] -> [B, C*K, X], streams L_0, R_0, L_1, R_1, ... (diagram above)."""
+    return torch.stack(channels, dim=2).flatten(1, 2)
+
+
+def channel_delay_pattern(codes, special, channels=1):
+    """codes [B, C*K, T] interleaved by channel -> [B, C*K, T + K]: the mono delay pattern within each channel (the
+    stereo partial delay for channels=2; delay_pattern itself for channels=1)."""
+    return interleave([delay_pattern(codes[:, c::channels], special) for c in range(channels)])
+
+
+def revert_channel_delay(seq, channels=1):
+    """The inverse: delayed [B, C*K, S] -> codes [B, C*K, S - K]."""
+    return interleave([revert_delay(seq[:, c::channels]) for c in range(channels)])
+
+
 def parallel_pattern(codes, special):
     """The *parallel* pattern (Paper eq. (5)), no delay: codes [B, K, T] -> [B, K, T + 1], one special step,
     then all K codebooks of frame t at step t + 1."""
@@ -98,12 +134,20 @@ class LMConfig:
     text_dim: int = 768  # width of the T5 output that condition_proj maps to D
     num_chroma: int = 12  # melody models: pitch classes per chroma frame
     chroma_length: int = chroma_lib.CHROMA_LENGTH  # melody models: prefix frames, 235 = 30 s as released (HF's name)
+    audio_channels: int = 1  # 2: stereo (Paper §4.3), the K streams are K/2 levels of left and right, interleaved
 
     @property
     def melody(self):  # melody models read [chroma ; text] as a prefix instead of cross-attending to text
         return not self.cross_attention
 
+    @property
+    def levels(self):  # codebook levels per channel = the delay pattern's extra steps: K mono, K/2 stereo
+        return self.num_codebooks // self.audio_channels
+
     def __post_init__(self):
+        if self.audio_channels not in (1, 2) or self.num_codebooks % self.audio_channels:
+            raise ValueError(f"audio_channels must be 1 (mono) or 2 (stereo) and divide num_codebooks "
+                             f"{self.num_codebooks}; got {self.audio_channels}.")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}.")
         if self.activation not in ACTIVATIONS:
@@ -125,6 +169,7 @@ PRESETS = {
     "musicgen-medium": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144),
     "musicgen-large": LMConfig(dim=2048, num_layers=48, num_heads=32, ffn_dim=8192),
     "musicgen-melody": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144, cross_attention=False),
+    # The stereo models (musicgen-stereo-*) are these sizes with num_codebooks=8, audio_channels=2.
     # Ours, as train.py trains them (it sets card, text_dim and dropout) for encodec_lite's "small" codec (N = 256),
     # head size 64 as released. A melody model trained on 10 s clips needs a 10 s prefix (1 + 10 * 32000 / 4096).
     "small": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256),  # `train.py --config small`, 2.8M
@@ -350,8 +395,9 @@ class LM(nn.Module):
         (Paper eq. (6) "delay" or eq. (5) "parallel"), each codebook's cross-entropy over its real targets
         (compute_predictions and _compute_cross_entropy, `audiocraft/models/lm.py`)."""
         B, K, T = codes.shape
-        if T < K:
-            raise ValueError(f"Training needs at least K = {K} frames per item; got {T}.")
+        C, levels = self.config.audio_channels, self.config.levels
+        if T < levels:
+            raise ValueError(f"Training needs at least {levels} frames per item (one per codebook level); got {T}.")
         if codes.min() < 0 or codes.max() >= self.config.card:
             raise ValueError(f"Codes must lie in 0..{self.config.card - 1}; got {codes.min()}..{codes.max()}.")
         if pattern not in ("delay", "parallel"):
@@ -359,8 +405,9 @@ class LM(nn.Module):
         if condition is None:  # unconditional: the null condition of guidance
             condition = torch.zeros(B, 1, self.config.text_dim, device=codes.device)
             condition_mask = torch.zeros(B, 1, dtype=torch.long, device=codes.device)
-        if pattern == "delay":  # every target but codebook k's first k specials
-            seq, valid = delay_pattern(codes, self.special), valid_target_mask(K, T, codes.device)  # [B, K, T + K]
+        if pattern == "delay":  # every target but codebook level k's first k specials, in each channel
+            seq = channel_delay_pattern(codes, self.special, C)  # [B, K, T + K/C]
+            valid = valid_target_mask(levels, T, codes.device).repeat_interleave(C, dim=0)  # [K, T]: L and R alike
         else:  # every target is real
             seq, valid = parallel_pattern(codes, self.special), torch.ones(K, T, dtype=torch.bool, device=codes.device)
         inputs, targets = seq[..., :T], seq[..., 1 : T + 1]  # [B, K, T] each: steps 0..T-1 predict steps 1..T
@@ -455,12 +502,14 @@ def sample_tokens(logits, temperature=1.0, top_k=250, top_p=0.0, generator=None)
 UNKNOWN = -1  # marks a position that generation still has to fill in
 
 
-def start_sequence(batch, K, frames, special, device, prompt=None):
-    """(the delayed layout [B, K, T + K]: specials, a prompt's codes, UNKNOWN where due; its first step to generate)."""
-    codes = torch.full((batch, K, frames), UNKNOWN, dtype=torch.long, device=device)
+def start_sequence(lm, batch, frames, device, prompt=None):
+    """(the delayed layout [B, K, T + K/C]: specials, a prompt's codes, UNKNOWN where due; its first step to
+    generate)."""
+    codes = torch.full((batch, lm.config.num_codebooks, frames), UNKNOWN, dtype=torch.long, device=device)
     if prompt is not None:
         codes[:, :, : prompt.shape[-1]] = prompt
-    return delay_pattern(codes, special), 1 + (0 if prompt is None else prompt.shape[-1])  # 1, or just after a prompt
+    seq = channel_delay_pattern(codes, lm.special, lm.config.audio_channels)
+    return seq, 1 + (0 if prompt is None else prompt.shape[-1])  # 1, or just after a prompt
 
 
 def with_null_condition(condition, condition_mask, cfg_coef, chroma=None):
@@ -487,8 +536,8 @@ class Interrupted(KeyboardInterrupt):
         self.codes = codes
 
 
-def finished_frames(seq):  # delayed sequence [B, K, S] -> codes [B, K, T_done]: the frames with all K codes in
-    codes = revert_delay(seq)
+def finished_frames(seq, channels):  # delayed sequence [B, K, S] -> codes [B, K, T_done]: frames with all K codes in
+    codes = revert_channel_delay(seq, channels)
     done = (codes != UNKNOWN).all(dim=1).all(dim=0).long().cumprod(dim=0)  # 1 up to the first unfinished frame
     return codes[:, :, : int(done.sum())]
 
@@ -502,20 +551,19 @@ def next_tokens(logits, due, guided, cfg_coef, sampling):  # last step's logits 
 
 
 # The two loops, side by side: the same steps, the same tokens (tests/test_musicgen.py checks it). Without a prompt,
-# T frames take T + K - 1 forward passes (steps 1..T + K - 1 of the diagram in section 1).
+# T frames take T + K - 1 forward passes (steps 1..T + K - 1 of the diagram in section 1; K levels for stereo).
 @torch.inference_mode()
 def generate_reference(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, chroma=None,
                        prompt=None, **sampling):
     """The plain loop: the whole growing sequence goes through the LM at every step (quadratic, but obviously
     right) -> codes [B, K, frames], starting with a prompt's [B, K, T_p]. sampling: see sample_tokens."""
-    B, K = condition.shape[0], lm.config.num_codebooks
-    seq, start = start_sequence(B, K, frames, lm.special, condition.device, prompt)  # [B, K, T + K]
+    seq, start = start_sequence(lm, condition.shape[0], frames, condition.device, prompt)  # [B, K, T + K]
     condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
     for s in range(start, seq.shape[-1]):
         x = seq[:, :, :s]
         logits = lm(torch.cat([x, x]) if guided else x, condition, condition_mask, chroma)[:, :, -1]  # [2B, K, N]
         seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
-    return revert_delay(seq)
+    return revert_channel_delay(seq, lm.config.audio_channels)
 
 
 @torch.inference_mode()
@@ -524,8 +572,7 @@ def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None
     """The fast loop: one new step per forward pass with a KV cache, the conditional and unconditional branches as
     one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames]; on_step() after each
     step; Ctrl-C raises Interrupted with the frames finished so far."""
-    B, K = condition.shape[0], lm.config.num_codebooks
-    seq, start = start_sequence(B, K, frames, lm.special, condition.device, prompt)
+    seq, start = start_sequence(lm, condition.shape[0], frames, condition.device, prompt)
     condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
     try:
         cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
@@ -537,8 +584,8 @@ def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None
             if on_step is not None:
                 on_step()
     except KeyboardInterrupt:  # Ctrl-C, on whichever line: seq holds every step written so far, a prompt's included
-        raise Interrupted(finished_frames(seq)) from None
-    return revert_delay(seq)
+        raise Interrupted(finished_frames(seq, lm.config.audio_channels)) from None
+    return revert_channel_delay(seq, lm.config.audio_channels)
 
 
 # ============================================================================ 5. MusicGen: text -> tokens -> audio
@@ -589,9 +636,10 @@ class MusicGen(nn.Module):
         self.top_k = default_top_k(codec.codebook_size) if top_k is None else top_k
         self.guidance = 3.0 if guidance is None else guidance  # Paper §3.1: 3.0 for the released models
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate  # 32000 and 50 for the released
-        if codec.num_codebooks != lm.config.num_codebooks or codec.codebook_size != lm.config.card:
+        self.audio_channels = lm.config.audio_channels  # 2 for a stereo model: the mono codec runs on each channel
+        if codec.num_codebooks != lm.config.levels or codec.codebook_size != lm.config.card:
             raise ValueError(f"The codec has {codec.num_codebooks} codebooks of {codec.codebook_size}, the LM "
-                             f"expects {lm.config.num_codebooks} of {lm.config.card}.")
+                             f"expects {lm.config.levels} of {lm.config.card} per channel.")
 
     @property
     def device(self):  # where the LM's weights are
@@ -619,7 +667,7 @@ class MusicGen(nn.Module):
         codec.fold_weight_norm()  # inference form of the convolutions
         lm = checkpoints.uninitialised(LM, LMConfig.from_hf(config))
         lm.load_hf_state_dict(tensors, f"{model_dir} (decoder)")  # what is left: the LM's tensors
-        generation = checkpoints.generation_from_hf(model_dir, lm.config.num_codebooks)  # window, top_k, guidance
+        generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance
         # T5 and the codec stay in float32: T5's activations overflow float16, and both run once per clip
         return cls(tokenizer, text_encoder, codec, lm.to(dtype), **generation).eval().to(device)
 
@@ -632,7 +680,7 @@ class MusicGen(nn.Module):
     def save_pretrained(self, model_dir):
         """config.json, generation_config.json, model.safetensors, spiece.model: read back by from_pretrained and
         transformers (MusicgenForConditionalGeneration, MusicgenMelodyFor... for a melody model)."""
-        generation = checkpoints.generation_to_hf(self.lm.special, self.lm.config.num_codebooks, self.context_frames,
+        generation = checkpoints.generation_to_hf(self.lm.special, self.lm.config.levels, self.context_frames,
                                                   self.top_k, self.guidance)
         checkpoints.save_musicgen(model_dir, self.hf_config(), generation, self.hf_state_dict())
         self.tokenizer.save_pretrained(model_dir)
@@ -676,14 +724,27 @@ class MusicGen(nn.Module):
         rotated = [w.roll(-(shift % w.shape[-1]), dims=-1) for w in melodies]  # a short melody loops
         return torch.cat([chroma_lib.melody_chroma(w, chroma_lib.SAMPLE_RATE, length) for w in rotated]).to(self.device)
 
+    # ---------------------------------------------------------------- the codec, once per channel (Paper §4.3)
+    def encode_audio(self, wav):
+        """wav [B, C, N] at the codec's rate, C = audio_channels -> codes [B, K, T]: each channel through the mono
+        codec, a stereo model's streams interleaved L_0, R_0, L_1, ... (section 1)."""
+        return interleave([self.codec.encode(wav[:, c : c + 1]) for c in range(self.audio_channels)])
+
+    def decode_audio(self, codes):
+        """codes [B, K, T] -> wav [B, C, T * hop]: each channel's streams through the mono decoder, stacked."""
+        C = self.audio_channels
+        return torch.cat([self.codec.decode(codes[:, c::C]) for c in range(C)], dim=1)
+
     def encode_prompt(self, prompt_audio, sample_rate, batch):
         """An audio prompt ([N], [C, N] or [B, C, N]; one, or one per prompt) -> its codes [B, K, T_p] (T_p = 0 for
-        none: then the first window starts from step 0 alone)."""
+        none: then the first window starts from step 0 alone). A mono clip given to a stereo model plays in both
+        channels, a stereo clip given to a mono model is downmixed (each with a notice)."""
         if prompt_audio is None:
             return torch.zeros(batch, self.lm.config.num_codebooks, 0, dtype=torch.long, device=self.device)
         if sample_rate is None:
             raise ValueError("Pass prompt_sample_rate with prompt_audio (the sample rate of its waveform).")
-        codes = self.codec.encode(audio.prepare(prompt_audio, sample_rate, self.sample_rate, 1, "audio prompt"))
+        wav = audio.prepare(prompt_audio, sample_rate, self.sample_rate, self.audio_channels, "audio prompt")
+        codes = self.encode_audio(wav)
         if codes.shape[0] not in (1, batch):
             raise ValueError(f"Got {codes.shape[0]} audio prompts for {batch} prompts: pass one, or one per prompt.")
         return codes.expand(batch, -1, -1).to(self.device)
@@ -702,7 +763,7 @@ class MusicGen(nn.Module):
         """(W, stride) in frames for the diagram above, from `window` and `extend_stride` in seconds (defaults: the
         model's context_frames, else 30 s, within the positions; 0.6 W)."""
         prefix = self.lm.config.chroma_length + condition.shape[1] if self.lm.config.melody else 0
-        limit = self.lm.config.max_positions - self.lm.config.num_codebooks - prefix  # T + K (+ prefix) steps fit
+        limit = self.lm.config.max_positions - self.lm.config.levels - prefix  # T + K (+ prefix) steps fit
         frames = min(self.context_frames or round(TRAINED_SECONDS * self.frame_rate), limit)
         frames = frames if window is None else audio.duration_to_frames(window, self.frame_rate)
         if not 0 < frames <= limit:
@@ -737,7 +798,7 @@ class MusicGen(nn.Module):
         cfg_coef = self.guidance if cfg_coef is None else cfg_coef
         sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p)
         spans = window_spans(frames, window, stride, codes.shape[-1])
-        K = self.lm.config.num_codebooks  # a window of T frames, T_p of them known, takes T + K - 1 - T_p steps
+        K = self.lm.config.levels  # a window of T frames, T_p of them known, takes T + K - 1 - T_p steps
         counter = Progress(progress, sum(end - start + K - 1 - known for start, end, known in spans), len(spans))
         try:
             for start, end, known in spans:  # each window's prompt: the audio prompt, then the last window - stride
@@ -752,11 +813,11 @@ class MusicGen(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompts, duration=10.0, return_tokens=False, **options):
-        """Prompts -> waveform [B, 1, duration * sample_rate]: generate_tokens for `duration` seconds (an audio prompt
-        included), then the codec's decoder; options as generate_tokens, e.g. mg.generate(["80s pop"], 8, seed=0).
-        return_tokens: (waveform, codes [B, K, T]), the tokens too."""
+        """Prompts -> waveform [B, C, duration * sample_rate] (C = 1, or 2 for a stereo model): generate_tokens for
+        `duration` seconds (an audio prompt included), then the codec's decoder; options as generate_tokens, e.g.
+        mg.generate(["80s pop"], 8, seed=0). return_tokens: (waveform, codes [B, K, T]), the tokens too."""
         if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
             raise ValueError(f"duration must be a positive number of seconds; got {duration!r}.")
         codes = self.generate_tokens(prompts, audio.duration_to_frames(duration, self.frame_rate), **options)
-        wav = self.codec.decode(codes)  # [B, 1, T * hop_length]
+        wav = self.decode_audio(codes)  # [B, C, T * hop_length]
         return (wav, codes) if return_tokens else wav  # the tokens: to decode again, continue, or study

@@ -6,6 +6,7 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
         --prompt "80s pop with synths" --prompt "lofi hip hop"            # one WAV per prompt, one batch
     python sample.py --unconditional                                      # no text (same as --prompt "")
     python sample.py --model facebook/musicgen-melody --prompt "jazz" --melody tune.wav --plot
+    python sample.py --model facebook/musicgen-stereo-small --prompt "jazz"   # stereo WAVs (2 channels)
     python sample.py --prompt "rock" --continue clip.wav --duration 12    # 12 s, starting with the clip
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
     python sample.py --model facebook/musicgen-small --download --prompt "jazz"   # fetch it into the HF cache first
@@ -191,13 +192,13 @@ def free_path(path):
 
 
 def generate(mg, prompts, args, seed, melody, clip):
-    """All prompts in one batch -> (waveforms [B, 1, N], partial): the whole clips, or after Ctrl-C the frames
-    finished so far (partial = True). Ctrl-C before the first frame exits at once."""
+    """All prompts in one batch -> (waveforms [B, C, N], C = 2 for a stereo model, partial): the whole clips, or
+    after Ctrl-C the frames finished so far (partial = True). Ctrl-C before the first frame exits at once."""
     try:
         wav = mg.generate(prompts, duration=args.duration, cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p,
                           temperature=args.temperature, seed=seed, progress=True, melody=melody[0],
                           melody_sample_rate=melody[1], prompt_audio=clip[0], prompt_sample_rate=clip[1],
-                          window=args.window, extend_stride=args.extend_stride)  # [B, 1, N]
+                          window=args.window, extend_stride=args.extend_stride)  # [B, C, N]
         return wav.cpu(), False
     except ValueError as e:  # settings that need the model to check (a window too long...): one line, no trace
         fail(e)
@@ -207,7 +208,7 @@ def generate(mg, prompts, args, seed, melody, clip):
         print(f"interrupted: keeping the {stop.codes.shape[-1] / mg.frame_rate:.1f} s generated so far",
               file=sys.stderr)
         with torch.inference_mode():  # the codes are inference tensors, made under MusicGen.generate's own
-            return mg.codec.decode(stop.codes).cpu(), True
+            return mg.decode_audio(stop.codes).cpu(), True
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """Generation features of musicgen.py / sample.py (issue 7) on tiny random models: continuation, long generation
-with a sliding window, unconditional generation, batches, seeds, and sample.py's outputs.
+with a sliding window (both mono and stereo), unconditional generation, batches, seeds, and sample.py's outputs.
 
 The tiny LM has only 64 positions, so its window is 60 frames (1.2 s at 50 frames/s) and "3x the context" is fast."""
 
@@ -20,6 +20,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def mg(tiny_musicgen):
     return tiny_musicgen(max_positions=64)
+
+
+@pytest.fixture(scope="module")
+def stereo(tiny_musicgen):
+    """The same in stereo (Paper §4.3): 8 streams, the tiny codec's 4 levels for each of 2 channels."""
+    return tiny_musicgen(max_positions=64, num_codebooks=8, audio_channels=2)
+
+
+@pytest.fixture(params=["mono", "stereo"])
+def mono_or_stereo(request, mg, stereo):
+    return mg if request.param == "mono" else stereo
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +56,21 @@ def record_windows(monkeypatch):
 # ----------------------------------------------------------------------------- continuation
 
 
-def test_continuation_keeps_the_prompt_and_feeds_it_in_one_pass(mg, monkeypatch):
-    clip = mg.codec.decode(torch.randint(0, 64, (1, 4, 20), generator=torch.Generator().manual_seed(1)))
-    prompt_codes = mg.codec.encode(clip)  # what the model is given: the clip's own tokens
+def test_continuation_keeps_the_prompt_and_feeds_it_in_one_pass(mono_or_stereo, monkeypatch):
+    mg, K = mono_or_stereo, mono_or_stereo.lm.config.num_codebooks
+    clip = mg.decode_audio(torch.randint(0, 64, (1, K, 20), generator=torch.Generator().manual_seed(1)))
+    prompt_codes = mg.encode_audio(clip)  # what the model is given: the clip's own tokens (each channel's own)
     inputs = []
     decode = mg.lm.decode
     monkeypatch.setattr(mg.lm, "decode", lambda x, cache: inputs.append(x.shape[-1]) or decode(x, cache))
     codes = mg.generate_tokens(["rock", "jazz"], 35, seed=0, prompt_audio=clip[0], prompt_sample_rate=8000)
-    assert codes.shape == (2, 4, 35)
+    assert codes.shape == (2, K, 35)
     assert torch.equal(codes[:, :, :20], prompt_codes.expand(2, -1, -1))  # never overwritten
     assert inputs[0] == 20 + 1 and set(inputs[1:]) == {1}  # step 0 + the prompt's 20 steps, then one at a time
-    assert len(inputs) == 1 + (35 + 4 - 21 - 1)  # one forward per remaining step
+    assert len(inputs) == 1 + (35 + 4 - 21 - 1)  # one forward per remaining step: 4 levels, mono or stereo
     wav = mg.generate("rock", duration=0.7, seed=0, prompt_audio=clip[0], prompt_sample_rate=8000)
-    assert wav.shape == (1, 1, 35 * mg.codec.hop_length)  # `duration` counts the prompt
+    assert wav.shape == (1, mg.audio_channels, 35 * mg.codec.hop_length)  # `duration` counts the prompt
+    assert_no_seams(mg, codes[:1], [20])  # where the prompt ends and the generated music begins
 
 
 def test_continuation_errors(mg):
@@ -71,31 +84,35 @@ def test_continuation_errors(mg):
 # ----------------------------------------------------------------------------- long generation
 
 
-def test_long_generation_slides_a_window_without_seams(mg, monkeypatch):
+def assert_no_seams(mg, codes, joins):
+    """No seam where new frames begin after known ones (codes [1, K, T]), in every channel: the music is like
+    elsewhere, no run of repeated frames, and the decoded audio about as loud around the join as on average."""
+    C, hop = mg.audio_channels, mg.codec.hop_length
+    wav = mg.decode_audio(codes)[0]  # [C, N]
+    for c in range(C):
+        rms = wav[c].square().mean().sqrt()
+        for j in joins:
+            near = codes[0, c::C, j - 3 : j + 3]  # channel c's levels [K/C, 6]
+            assert (near[:, 1:] == near[:, :-1]).all(dim=0).sum() <= 1  # random tokens: frames don't repeat
+            around = wav[c, (j - 3) * hop : (j + 3) * hop].square().mean().sqrt()
+            assert 0.3 * rms < around < 3 * rms
+
+
+def test_long_generation_slides_a_window_without_seams(mono_or_stereo, monkeypatch):
+    mg, K = mono_or_stereo, mono_or_stereo.lm.config.num_codebooks
     calls = record_windows(monkeypatch)
     frames = 3 * 60  # three times the 60-frame window the positions allow
     codes = mg.generate_tokens(["ambient pad"], frames, seed=0)
-    assert codes.shape == (1, 4, frames) and codes.min() >= 0 and codes.max() < 64  # no special/unknown left
+    assert codes.shape == (1, K, frames) and codes.min() >= 0 and codes.max() < 64  # no special/unknown left
 
     window, stride = 60, 36  # the default stride is 0.6 window
     starts = range(0, frames - window + stride, stride)
     assert [c["frames"] for c in calls] == [min(window, frames - s) for s in starts]
-    steps = mg.lm.config.max_positions - mg.lm.config.num_codebooks  # T + K steps must fit the positions
+    steps = mg.lm.config.max_positions - mg.lm.config.levels  # T + 4 steps must fit the positions
     assert max(c["frames"] for c in calls) <= steps  # every window fits
     for s, call in zip(starts[1:], calls[1:]):  # each window continues from the last window - stride frames
-        assert torch.equal(call["prompt"], codes[:, :, s : s + window - stride])
-
-    # No seam: where a window's new frames begin (frame 60, 96, 132, ...), the music is like elsewhere: no run
-    # of repeated frames, and the decoded audio is about as loud around the join as on average.
-    joins = [s + window - stride for s in starts[1:]]
-    wav = mg.codec.decode(codes)[0, 0]
-    hop = mg.codec.hop_length
-    rms = wav.square().mean().sqrt()
-    for j in joins:
-        near = codes[0, :, j - 3 : j + 3]
-        assert (near[:, 1:] == near[:, :-1]).all(dim=0).sum() <= 1  # random tokens: frames don't repeat
-        around = wav[(j - 3) * hop : (j + 3) * hop].square().mean().sqrt()
-        assert 0.3 * rms < around < 3 * rms
+        assert torch.equal(call["prompt"], codes[:, :, s : s + window - stride])  # both channels, in stereo
+    assert_no_seams(mg, codes, [s + window - stride for s in starts[1:]])  # frame 60, 96, 132, ...
 
 
 def test_long_generation_with_a_melody_reslices_it(tiny_musicgen, monkeypatch):
