@@ -3,8 +3,9 @@
 The reference is a *reduced* musicgen-melody: the released decoder width (D 1536, 24 heads, FFN 6144, K 4, N 2048,
 235-frame chroma prefix) but 2 layers instead of 48, a 1-layer T5 of t5-base width (768, so enc_to_dec_proj is
 768 -> 1536 as released) and a tiny EnCodec; random weights, float32. The full 1.5 B model would take minutes and
-~12 GB here, and depth adds nothing the prefix path could get wrong. The chroma is computed with our chroma.py and
-handed to HF as `input_features` (its feature extractor needs torchaudio)."""
+~12 GB here, and depth adds nothing the prefix path could get wrong. musicgen-stereo-melody is reduced the same way,
+with its 8 streams (4 levels x 2 channels, Paper §4.3). The chroma is computed with our chroma.py and handed to HF as
+`input_features` (its feature extractor needs torchaudio)."""
 
 import math
 
@@ -34,9 +35,9 @@ def melodies():
     return torch.stack([tune([60, 64, 67, 72, 67, 64]), tune([69, 71, 72, 74, 76, 77])])[:, None]
 
 
-@pytest.fixture(scope="module")
-def hf_melody(tmp_path_factory, spiece_path):
-    """(transformers melody model, its saved directory), reduced as described at the top."""
+def reduced_hf_melody(model_dir, spiece_path, **decoder):
+    """transformers' melody model, reduced as described at the top (`decoder` fields overridden), saved in
+    model_dir with spiece.model."""
     import shutil
 
     transformers = pytest.importorskip("transformers")
@@ -45,7 +46,7 @@ def hf_melody(tmp_path_factory, spiece_path):
 
     codec = EncodecConfig.preset("tiny", codebook_size=2048, codebook_dim=16,
                                  target_bandwidths=(4 * 11 * 50 / 1000,))  # K = 4 codebooks of 2048
-    decoder = M.lm_config("musicgen-melody", num_layers=2).to_hf()
+    decoder = M.lm_config("musicgen-melody", num_layers=2, **decoder).to_hf()
     config = {"model_type": "musicgen_melody", "num_chroma": 12, "chroma_length": 235, "decoder": decoder,
               "text_encoder": T5Config(**T5_768).to_hf(), "audio_encoder": codec.to_hf()}
     torch.manual_seed(0)
@@ -53,10 +54,16 @@ def hf_melody(tmp_path_factory, spiece_path):
         transformers.MusicgenMelodyConfig.from_dict(config)).eval()
     with torch.no_grad():  # a visible melody: HF's init gives the 12 -> D projection N(0, 0.02)
         model.audio_enc_to_dec_proj.weight.normal_(0, 1.0)
-    model_dir = tmp_path_factory.mktemp("musicgen-melody-reduced")
     model.save_pretrained(model_dir)
     shutil.copy(spiece_path, model_dir / "spiece.model")
-    return model, model_dir
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_melody(tmp_path_factory, spiece_path):
+    """(transformers melody model, its saved directory), reduced as described at the top."""
+    model_dir = tmp_path_factory.mktemp("musicgen-melody-reduced")
+    return reduced_hf_melody(model_dir, spiece_path), model_dir
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +113,28 @@ def test_no_melody_is_the_null_melody_as_in_transformers(hf_melody, ours):
                          chroma=chroma.melody_chroma(torch.zeros(2, 1, SR), SR))  # silence = one-hot C too
     torch.testing.assert_close(logits, ref.reshape(2, 4, 3, -1), atol=1e-4, rtol=0)
     torch.testing.assert_close(silent, logits, atol=0, rtol=0)
+
+
+def test_stereo_melody_logits_and_greedy_codes_match_transformers(tmp_path, spiece_path, melodies,
+                                                                  hf_greedy_generate):
+    hf = reduced_hf_melody(tmp_path, spiece_path, num_codebooks=8, audio_channels=2)  # musicgen-stereo-melody
+    ours = M.MusicGen.from_pretrained(tmp_path)
+    assert ours.audio_channels == 2 and ours.lm.config.melody and ours.lm.config.dim == 1536
+    ids, mask = ours.tokenizer(PROMPTS)
+    features = chroma.melody_chroma(melodies, SR)
+    B, K, S = 2, 8, 10
+    seq = torch.randint(0, 2049, (B, K, S), generator=torch.Generator().manual_seed(0))
+    seq[:, :, 0] = 2048
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, input_features=features,
+                 decoder_input_ids=seq.reshape(B * K, S)).logits
+        logits = ours.lm(seq, *ours.encode_text(PROMPTS), chroma=features)
+    torch.testing.assert_close(logits, ref[:, -S:].reshape(B, K, S, -1), atol=1e-4, rtol=0)
+    T = 12
+    ref_codes, ref_audio = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask, input_features=features)
+    codes = ours.generate_tokens(PROMPTS, T, cfg_coef=3.0, temperature=0, melody=melodies, melody_sample_rate=SR)
+    assert codes.shape == (2, 8, T) and torch.equal(codes, ref_codes)
+    torch.testing.assert_close(ours.decode_audio(codes), ref_audio, atol=1e-4, rtol=1e-3)  # [B, 2, N]
 
 
 # ----------------------------------------------------------------------------- tiny melody models of our own

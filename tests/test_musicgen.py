@@ -1,7 +1,8 @@
 """MusicGen LM, delay pattern, generation and checkpoints (musicgen.py).
 
-Parity tests build transformers' MusicgenForConditionalGeneration at the full musicgen-small size with random
-weights (fp32), save it, load the files with our code and compare logits, greedy codes and decoded audio.
+Parity tests build transformers' MusicgenForConditionalGeneration at the full musicgen-small size, and at
+musicgen-stereo-small's (musicgen-small's with the decoder's num_codebooks 8 and audio_channels 2, Paper §4.3), with
+random weights (fp32), save it, load the files with our code and compare logits, greedy codes and decoded audio.
 Everything else runs on tiny models built from our own presets."""
 
 import shutil
@@ -19,10 +20,11 @@ from checkpoints import CheckpointError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def hf_small(hf_small_builder):
-    """(transformers model, its saved directory): musicgen-small sizes, random weights, float32."""
-    return hf_small_builder()
+@pytest.fixture(scope="module", params=["musicgen-small", "musicgen-stereo-small"])
+def hf_small(request, hf_small_builder):
+    """(transformers model, its saved directory): musicgen-small sizes, mono or stereo, random weights, float32."""
+    stereo = request.param == "musicgen-stereo-small"
+    return hf_small_builder(**(dict(num_codebooks=8, audio_channels=2) if stereo else {}))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ PROMPTS = ["80s pop track with bassy drums and synth", "baroque"]  # different l
 def test_lm_logits_match_transformers(hf_small, ours_small):
     hf, _ = hf_small
     ids, mask = ours_small.tokenizer(PROMPTS)
-    B, K, S = 2, 4, 12
+    B, K, S = 2, ours_small.lm.config.num_codebooks, 12  # K = 4, or 8 streams in stereo
     seq = torch.randint(0, 2049, (B, K, S), generator=torch.Generator().manual_seed(0))
     seq[:, :, 0] = 2048
     with torch.no_grad():
@@ -78,11 +80,12 @@ def test_greedy_generation_and_audio_match_transformers(hf_small, ours_small, hf
     hf, _ = hf_small
     T = 30
     ids, mask = ours_small.tokenizer(PROMPTS)
-    ref_codes, ref_audio = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask)  # [B, K, T], audio
+    ref_codes, ref_audio = hf_greedy_generate(hf, T, input_ids=ids, attention_mask=mask)  # [B, K, T], [B, C, N]
     codes = ours_small.generate_tokens(PROMPTS, frames=T, cfg_coef=3.0, temperature=0)
-    assert codes.shape == ref_codes.shape == (2, 4, T)
+    assert codes.shape == ref_codes.shape == (2, ours_small.lm.config.num_codebooks, T)
     assert torch.equal(codes, ref_codes)
-    wav = ours_small.codec.decode(codes)
+    wav = ours_small.decode_audio(codes)  # stereo: each channel's streams through the mono codec
+    assert wav.shape == ref_audio.shape == (2, ours_small.audio_channels, T * 640)
     torch.testing.assert_close(wav, ref_audio, atol=1e-4, rtol=1e-3)
 
 
