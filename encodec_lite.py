@@ -10,7 +10,8 @@ the decoder.
     codes --sum of K codebook vectors--> latent [B, D, T] --decoder--> wav [B, 1, T * hop]
 
 For facebook/encodec_32khz (the codec of every released MusicGen): 32 kHz, hop 640 = 8*5*4*4, so 50 frames per
-second, K = 4 codebooks of N = 2048 entries, latent D = 128.
+second, K = 4 codebooks of N = 2048 entries, latent D = 128. The codec is mono: a stereo MusicGen runs it on the left
+and the right channel apart (Paper §4.3; musicgen.MusicGen.encode_audio / decode_audio).
 
 The file, top to bottom:
     EncodecConfig, PRESETS       hyper-parameters with Hugging Face field names, and named sizes
