@@ -290,6 +290,13 @@ def millions(module):
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+def loss_and_stop(per_codebook, stop_requested):
+    """[K] losses + this process's stop flag -> [K + 1], on the device of the losses: NCCL reduces only CUDA tensors,
+    and a tensor that stays on the GPU costs no copy to the host."""
+    flag = torch.tensor([float(stop_requested)], device=per_codebook.device)
+    return torch.cat([per_codebook.detach().float(), flag])
+
+
 def all_mean(x, proc):
     """Average a tensor over processes (the per-process means are over equal-sized slices)."""
     if proc.world > 1:  # x is a temporary of the caller's: it is overwritten
@@ -530,6 +537,16 @@ class TextToMusic(torch.nn.Module):
     def __init__(self, text_encoder, lm, train_text, input_noise=0.0):
         super().__init__()
         self.text_encoder, self.lm, self.train_text, self.input_noise = text_encoder, lm, train_text, input_noise
+        if not train_text:
+            text_encoder.requires_grad_(False)  # frozen: no gradient (and no dropout: train below)
+
+    def train(self, mode=True):
+        """model.train() / .eval() switch the LM (dropout, input noise); a frozen text encoder stays in eval mode
+        whatever the LM does: its dropout would only add noise to conditions it can never learn from."""
+        super().train(mode)
+        if not self.train_text:
+            self.text_encoder.eval()
+        return self
 
     def forward(self, codes, ids, mask, drop_condition):
         with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):  # a frozen T5 keeps no graph
@@ -621,9 +638,7 @@ class LMSteps:
         self.frames = round(config.segment_seconds * tokens.frame_rate)  # T of a training window
         self.tokenizer, text_encoder, self.lm, train_text = build_models(config, codec, tokens, proc)
         self.model = TextToMusic(text_encoder, self.lm, train_text, config.input_noise).to(proc.device)
-        self.model.train()  # dropout and input noise on
-        if not train_text:
-            text_encoder.requires_grad_(False).eval()  # frozen: no gradient, no dropout either
+        self.model.train()  # dropout and input noise on (a frozen text encoder stays in eval mode: TextToMusic.train)
         # the codec is part of it: the LM's codes mean something only for the codec that made them
         self.architecture = {"lm": asdict(self.lm.config), "codec": codec.config.to_hf(),
                              "text_encoder": dict(text_encoder.config.to_hf(), trained=train_text)}
@@ -648,8 +663,7 @@ class LMSteps:
         # far. The norm returned is the one before clipping, as logged.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
         # one small all-reduce: the global loss, and whether any process was asked to stop (all stop together)
-        stats = all_mean(torch.cat([per_codebook.detach().float().cpu(), torch.tensor([float(stop.requested)])]),
-                         proc)
+        stats = all_mean(loss_and_stop(per_codebook, stop.requested), proc)
         row = {"loss": float(stats[:-1].mean()), "per_codebook": stats[:-1].tolist(), "grad_norm": float(grad_norm),
                "lr": lr, "cond_dropped": drop}
         return row, bool(stats[-1] > 0)

@@ -1,0 +1,34 @@
+"""What breaks only on a GPU, guarded on the CPU: tensors that must stay on the training device, modes, dtypes,
+masks, TF32 and factory calls without a device. gpu_smoke.py runs the same paths on a real GPU."""
+
+import pytest
+import torch
+
+import musicgen as M
+import train
+from t5_encoder import T5_PRESETS, T5Encoder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_loss_reduction_stays_on_the_training_device(monkeypatch):
+    """NCCL all-reduces CUDA tensors only: the per-codebook losses of a GPU run must be reduced where they are. A
+    `meta` tensor stands in for a CUDA one: anything sent to the CPU on the way would show as device cpu."""
+    reduced = []
+    monkeypatch.setattr(train.dist, "all_reduce", lambda x: reduced.append(x.device))
+    per_codebook = torch.ones(4, device="meta")  # [K] as compute_loss returns it on the training device
+    stats = train.all_mean(train.loss_and_stop(per_codebook, True), train.Processes(0, 2, "meta"))
+    assert reduced == [per_codebook.device] and stats.device == per_codebook.device and stats.shape == (5,)
+
+
+def test_frozen_text_encoder_stays_in_eval_mode():
+    """Validation switches the model to eval and back to train: a frozen T5 must not come back with dropout on."""
+    text_encoder = T5Encoder(T5_PRESETS["tiny"])  # dropout_rate 0.1
+    lm = M.LM(M.lm_config("tiny", text_dim=text_encoder.config.d_model, dropout=0.1))
+    model = train.TextToMusic(text_encoder, lm, train_text=False)
+    for mode in (True, False, True):  # train, then validation's eval() and train()
+        model.train(mode)
+        assert lm.training == mode and not text_encoder.training
+    assert not any(p.requires_grad for p in text_encoder.parameters())
+    trained = train.TextToMusic(T5Encoder(T5_PRESETS["tiny"]), lm, train_text=True).train()
+    assert trained.text_encoder.training  # a T5 trained with the LM follows it
