@@ -34,6 +34,7 @@ References:
    https://github.com/facebookresearch/audiocraft, `audiocraft/modules/seanet.py`, `audiocraft/quantization/core_vq.py`
 """
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -329,6 +330,19 @@ class Decoder(nn.Module):
 # stable and needs no learning rate. The encoder is pulled towards its codes by the commitment loss and gets the
 # decoder's gradient through the straight-through trick. A code no vector chooses gets no updates and would stay
 # useless ("dead"): codes whose EMA usage has decayed are re-seeded with vectors of the current batch.
+@contextlib.contextmanager
+def full_fp32_matmuls():
+    """Matmuls in full float32 inside (no TF32), whatever the caller's torch.set_float32_matmul_precision: the nearest
+    code is an argmax over distances that differ by little, and TF32's 10-bit mantissa would flip codes on an
+    Ampere+ GPU, away from the CPU and the reference. The setting is restored on the way out."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class Codebook(nn.Module):
     """The state of one codebook, with Hugging Face's buffer names. Only `embed` is needed for inference."""
 
@@ -419,6 +433,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.layers = nn.ModuleList(
             VectorQuantizer(config.codebook_size, config.codebook_dim) for _ in range(config.num_quantizers))
 
+    @full_fp32_matmuls()  # the nearest-code search
     def encode(self, latent):  # [B, D, T] -> codes [B, K, T]
         B, D, T = latent.shape
         residual = latent.transpose(1, 2).reshape(B * T, D)  # one row per frame
@@ -437,6 +452,7 @@ class ResidualVectorQuantizer(nn.Module):
             latent = latent + self.layers[q].lookup(codes[:, q])  # [B, T, D]
         return latent.transpose(1, 2)
 
+    @full_fp32_matmuls()  # the nearest-code search, k-means and the EMA sums
     def forward(self, latent):
         """Training: (quantized latent with straight-through gradient [B, D, T], codes [B, K, T], commitment loss).
 

@@ -784,7 +784,8 @@ def run(config, stage="lm"):
     if config.threads:  # else torch's default: one thread per core
         torch.set_num_threads(config.threads)
     if proc.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls where bf16 autocast does not apply
+        # TF32 matmuls where bf16 autocast does not apply (the quantizer opts out: encodec_lite.full_fp32_matmuls)
+        torch.set_float32_matmul_precision("high")
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)  # every stage writes in it
     say(proc, f"[train] out_dir {config.out_dir}, device {proc.device}, seed {config.seed}")
     t0 = time.time()

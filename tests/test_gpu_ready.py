@@ -32,3 +32,27 @@ def test_frozen_text_encoder_stays_in_eval_mode():
     assert not any(p.requires_grad for p in text_encoder.parameters())
     trained = train.TextToMusic(T5Encoder(T5_PRESETS["tiny"]), lm, train_text=True).train()
     assert trained.text_encoder.training  # a T5 trained with the LM follows it
+
+
+def test_quantizer_runs_without_tf32_and_restores_the_setting(monkeypatch):
+    """train.py allows TF32 on a GPU; the RVQ's nearest-code search and k-means must still run in full fp32 (TF32
+    flips codes), and the caller's setting must come back afterwards."""
+    from encodec_lite import EncodecConfig, EncodecLite, VectorQuantizer
+
+    seen = []
+    for name in ("nearest", "kmeans_init"):
+        real = getattr(VectorQuantizer, name)
+        monkeypatch.setattr(VectorQuantizer, name, lambda self, x, real=real, name=name: (
+            seen.append((name, torch.get_float32_matmul_precision())), real(self, x))[1])
+    torch.manual_seed(0)
+    codec = EncodecLite(EncodecConfig.preset("tiny"))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # what train.py sets on CUDA
+    try:
+        codec.train()(torch.randn(2, 1, 8000))  # k-means init, then the nearest codes
+        codec.eval().encode(torch.randn(1, 1, 8000))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert {name for name, _ in seen} == {"nearest", "kmeans_init"}
+    assert {precision for _, precision in seen} == {"highest"}
