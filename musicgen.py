@@ -422,6 +422,8 @@ class LM(nn.Module):
     # ---------------------------------------------------------------- fast decoding with a KV cache
     def new_cache(self, condition, condition_mask, max_steps, chroma=None):  # cross-attention k/v computed once
         memory, mask, prefix = self.conditioning(condition, condition_mask, chroma)
+        if mask is not None and bool(mask.all()):  # nothing hidden (one prompt, or prompts of one length): with no
+            mask = None  # mask SDPA may pick its flash kernel on a GPU. Checked once per generation, not per step
         max_steps += 0 if prefix is None else prefix.shape[1]  # a melody prefix waits for the first decode call
         return KVCache(self.cross_keys_values(memory), mask, max_steps, prefix)
 

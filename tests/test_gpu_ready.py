@@ -56,3 +56,24 @@ def test_quantizer_runs_without_tf32_and_restores_the_setting(monkeypatch):
         torch.set_float32_matmul_precision(previous)
     assert {name for name, _ in seen} == {"nearest", "kmeans_init"}
     assert {precision for _, precision in seen} == {"highest"}
+
+
+def test_cross_attention_gets_no_mask_when_nothing_is_masked(monkeypatch):
+    """An all-true mask changes nothing but rules out SDPA's flash kernel: the cache passes None instead (for an
+    unpadded batch with its null condition), with the same logits as the full forward's masked attention."""
+    torch.manual_seed(0)
+    lm = M.LM(M.lm_config("tiny", text_dim=32)).eval()
+    masks = []
+    real = M.Attention.attend
+    monkeypatch.setattr(M.Attention, "attend", lambda self, x, k, v, mask=None, is_causal=False: (
+        masks.append(mask) if self is lm.layers[0].encoder_attn else None, real(self, x, k, v, mask, is_causal))[1])
+    condition = torch.randn(2, 5, 32)
+    seq = torch.randint(64, (2, 4, 3))
+    for condition_mask, masked in ((torch.tensor([[1] * 5, [0] * 5]), False),  # a prompt + guidance's null one
+                                   (torch.tensor([[1] * 5, [1] * 3 + [0] * 2]), True)):  # padded: masked
+        masks.clear()
+        with torch.no_grad():
+            full = lm(seq, condition, condition_mask)[:, :, -1]  # [B, K, N], the masked reference
+            cached = lm.decode(seq, lm.new_cache(condition, condition_mask, max_steps=3))
+        assert [m is not None for m in masks] == [True, masked]  # forward: always a mask; the cache: only if needed
+        torch.testing.assert_close(cached, full)
