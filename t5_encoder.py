@@ -264,8 +264,11 @@ class Attention(nn.Module):
         H, d_kv, dropout = self.config.num_heads, self.config.d_kv, self.config.dropout_rate
         # each projection [B, L, H * d_kv] split into heads: [B, H, L, d_kv]
         q, k, v = (proj(x).view(B, L, H, d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        # the bias in q's dtype (bf16 or fp16 under autocast), the padding constant first clamped to that dtype's
+        # range: float32's most negative number would round to -inf there, and a row of -inf gives NaN
+        attn_bias = attn_bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
         y = F.scaled_dot_product_attention(  # softmax(q·kᵀ + attn_bias) v, scale 1 (T5 has no 1/sqrt(d_kv))
-            q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=dropout if self.training else 0.0, scale=1.0
+            q, k, v, attn_mask=attn_bias, dropout_p=dropout if self.training else 0.0, scale=1.0
         )  # [B, H, L, d_kv]
         return self.o(y.transpose(1, 2).reshape(B, L, -1))  # heads side by side again: [B, L, H * d_kv] -> [B, L, D]
 

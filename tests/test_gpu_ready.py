@@ -77,3 +77,53 @@ def test_cross_attention_gets_no_mask_when_nothing_is_masked(monkeypatch):
             cached = lm.decode(seq, lm.new_cache(condition, condition_mask, max_steps=3))
         assert [m is not None for m in masks] == [True, masked]  # forward: always a mask; the cache: only if needed
         torch.testing.assert_close(cached, full)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_t5_padding_constant_fits_the_autocast_dtype(dtype, monkeypatch):
+    """Under autocast the T5 attention runs in bf16 / fp16 with a float32 bias: its padding constant must be taken
+    from the dtype attention runs in, or it rounds to -inf, and a prompt that is all padding (the null condition)
+    attends to -inf only: NaN in the kernels that do not special-case such rows (the CPU's gives zeros, so the
+    mask itself is checked)."""
+    import t5_encoder
+
+    masks = []
+    real = t5_encoder.F.scaled_dot_product_attention
+    monkeypatch.setattr(t5_encoder.F, "scaled_dot_product_attention",
+                        lambda q, k, v, attn_mask, **kw: (masks.append(attn_mask), real(q, k, v, attn_mask, **kw))[1])
+    torch.manual_seed(0)
+    t5 = T5Encoder(T5_PRESETS["tiny"]).eval()
+    ids, mask = torch.tensor([[5, 6, 7, 1], [5, 6, 1, 0]]), torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        out = t5(ids, mask)
+    assert torch.isfinite(out).all() and len(masks) == T5_PRESETS["tiny"].num_layers
+    assert all(m.dtype == dtype and torch.isfinite(m).all() for m in masks)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_continuation_with_the_lm_in_half_precision(tiny_musicgen, dtype):
+    """from_pretrained(dtype=) casts the LM only: the prompt audio goes to the codec in float32, its codes and the
+    T5 condition (float32) into the LM in `dtype`, the audio comes out of the codec in float32."""
+    mg = tiny_musicgen()
+    clip = torch.randn(1, mg.sample_rate) * 0.1  # 1 s of audio to continue
+    prompt = mg.encode_prompt(clip, mg.sample_rate, 2)  # [2, K, T_p]
+    mg.lm.to(dtype)
+    wav, codes = mg.generate(["jazz", "baroque"], duration=1.5, seed=0, return_tokens=True, prompt_audio=clip,
+                             prompt_sample_rate=mg.sample_rate)
+    assert torch.equal(codes[:, :, : prompt.shape[-1]], prompt) and codes.shape[-1] > prompt.shape[-1]
+    assert wav.dtype == torch.float32 and torch.isfinite(wav).all()
+
+
+def test_sample_py_dtype_flag(tiny_musicgen, tmp_path):
+    """sample.py --dtype bfloat16 --continue: the LM loads in bf16 and the dtype is recorded beside the WAV."""
+    import json
+
+    import audio
+    import sample
+
+    mg = tiny_musicgen()
+    mg.save_pretrained(tmp_path / "model")
+    audio.write(tmp_path / "clip.wav", torch.randn(1, mg.sample_rate) * 0.1, mg.sample_rate)
+    sample.main(["--model", str(tmp_path / "model"), "--prompt", "jazz", "--duration", "1.5", "--seed", "0",
+                 "--dtype", "bfloat16", "--continue", str(tmp_path / "clip.wav"), "--out", str(tmp_path / "x.wav")])
+    assert json.loads((tmp_path / "x.json").read_text())["dtype"] == "bfloat16"
