@@ -47,7 +47,7 @@ def prepare(wav, sample_rate, target_rate, channels=1, what="audio"):
     """Bring `wav` ([N], [C, N] or [B, C, N]) to `target_rate` and `channels`, returning [B, channels, N'].
 
     Stereo → mono is the channel mean (what both reference implementations do); mono → stereo duplicates."""
-    wav = torch.as_tensor(wav, dtype=torch.float32)
+    wav = torch.as_tensor(wav, dtype=torch.float32, device=wav.device if torch.is_tensor(wav) else "cpu")
     if wav.dim() == 1:  # [N]: one mono clip
         wav = wav[None, None]
     elif wav.dim() == 2:  # [C, N]: one clip

@@ -524,7 +524,7 @@ class EncodecLite(nn.Module):
         return self.decoder(self.quantizer.decode(codes.to(self.device)))
 
     def check_codes(self, codes):
-        codes = torch.as_tensor(codes)
+        codes = torch.as_tensor(codes, device=codes.device if torch.is_tensor(codes) else "cpu")  # lists: the CPU
         if codes.dim() == 2:
             codes = codes[None]
         K, N = self.num_codebooks, self.codebook_size

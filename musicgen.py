@@ -695,12 +695,12 @@ class MusicGen(nn.Module):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a string or a non-empty list of strings (use \"\" for none).")
-        empty = torch.tensor([not p.strip() for p in prompts])
-        if empty.any():
-            audio.notice(f"{int(empty.sum())} empty prompt(s): generating those unconditionally (zero condition).")
-        ids, mask = self.tokenizer(prompts)
+        empty = [not p.strip() for p in prompts]
+        if any(empty):
+            audio.notice(f"{sum(empty)} empty prompt(s): generating those unconditionally (zero condition).")
+        ids, mask = self.tokenizer(prompts)  # built on the CPU
         ids, mask = ids.to(self.device), mask.to(self.device)
-        mask[empty.to(self.device)] = 0
+        mask[torch.tensor(empty, device=self.device)] = 0
         return self.text_encoder(ids, mask) * mask[..., None], mask  # [B, L, text_dim], padding zeroed
 
     def prepare_melody(self, melody, sample_rate, batch):

@@ -106,10 +106,11 @@ class T5Tokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"prompt {i} is {type(text).__name__} ({text!r:.80}), expected a string")
-        rows = [torch.tensor(self.encode(text)) for text in texts]
+        # on the CPU whatever torch's default device (the caller moves them to the model's)
+        rows = [torch.tensor(self.encode(text), device="cpu") for text in texts]
         ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=PAD_ID)  # [B, L], L = longest row
-        lengths = torch.tensor([len(row) for row in rows])  # [B]
-        mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()  # [B, L]: 1 up to each row's length
+        lengths = torch.tensor([len(row) for row in rows], device="cpu")  # [B]
+        mask = (torch.arange(ids.shape[1], device="cpu") < lengths[:, None]).long()  # [B, L]: 1 up to its length
         return ids, mask
 
     def save_pretrained(self, model_dir):

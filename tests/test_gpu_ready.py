@@ -127,3 +127,46 @@ def test_sample_py_dtype_flag(tiny_musicgen, tmp_path):
     sample.main(["--model", str(tmp_path / "model"), "--prompt", "jazz", "--duration", "1.5", "--seed", "0",
                  "--dtype", "bfloat16", "--continue", str(tmp_path / "clip.wav"), "--out", str(tmp_path / "x.wav")])
     assert json.loads((tmp_path / "x.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("kind", ["mono", "melody", "stereo"])
+def test_no_tensor_is_made_on_the_default_device(tiny_musicgen, kind):
+    """Built on the CPU, then run with torch's default device set to `meta`: a tensor made without device= (which on
+    a GPU run lands on the CPU, away from the model) becomes a meta tensor and fails at once. Covers text, melody,
+    audio prompt, the sliding window, decoding, encoding and the training loss."""
+    mg = {"mono": lambda: tiny_musicgen(max_positions=64), "melody": lambda: tiny_musicgen("tiny-melody"),
+          "stereo": lambda: tiny_musicgen(max_positions=64, num_codebooks=8, audio_channels=2)}[kind]()
+    clip = torch.randn(mg.audio_channels, mg.sample_rate // 2) * 0.1  # 0.5 s to continue
+    melody = dict(melody=clip[0], melody_sample_rate=mg.sample_rate) if kind == "melody" else {}
+    torch.set_default_device("meta")
+    try:
+        wav, codes = mg.generate(["jazz", ""], duration=2.0, seed=0, return_tokens=True, prompt_audio=clip,
+                                 prompt_sample_rate=mg.sample_rate, window=None if kind == "melody" else 1.0,
+                                 **melody)  # 1 s windows: the long-generation path (the melody LM has 2048 positions)
+        again = mg.encode_audio(wav)
+        condition, mask = mg.encode_text(["jazz", "a longer prompt"])
+        loss, _ = mg.lm.compute_loss(codes[:, :, :40], condition, mask)  # within the 64 positions
+    finally:
+        torch.set_default_device(None)
+    assert wav.device.type == codes.device.type == again.device.type == loss.device.type == "cpu"
+    assert torch.isfinite(wav).all() and torch.isfinite(loss)
+
+
+def test_bf16_autocast_generation_and_loss_are_close_to_fp32(tiny_musicgen):
+    """CPU bf16 autocast stands in for the CUDA autocast train.py uses: finite losses and logits close to fp32's,
+    a KV cache that holds bf16, and generation that runs through."""
+    mg = tiny_musicgen()
+    condition, mask = mg.encode_text(["jazz", "a longer prompt"])
+    codes = torch.randint(mg.lm.config.card, (2, 4, 20))
+    with torch.no_grad():
+        loss32, _ = mg.lm.compute_loss(codes, condition, mask)
+        logits32 = mg.lm(codes, condition, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss16, _ = mg.lm.compute_loss(codes, condition, mask)
+            logits16 = mg.lm(codes, condition, mask)
+            cache = mg.lm.new_cache(condition, mask, max_steps=4)
+            mg.lm.decode(codes[:, :, :2], cache)
+            wav = mg.generate(["jazz", ""], duration=0.3, seed=0)
+    assert torch.isfinite(loss16) and loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
+    assert (logits16.float() - logits32).abs().max() < 0.1 * logits32.abs().max()
+    assert cache.layers[0].keys.dtype == torch.bfloat16 and torch.isfinite(wav).all()
