@@ -674,13 +674,13 @@ class CodecLoss(nn.Module):
 
 def codebook_stats(codes, codebook_size):
     """Per codebook: fraction of entries used in this batch, and perplexity exp(entropy of code frequencies) —
-    N if all codes are used equally, 1 if the codebook collapsed onto one code. codes [B, K, T]."""
+    N if all codes are used equally, 1 if the codebook collapsed onto one code. codes [B, K, T] -> 0-dim tensors."""
     stats = {}
     for q in range(codes.shape[1]):
         counts = torch.bincount(codes[:, q].reshape(-1), minlength=codebook_size).float()
         p = counts / counts.sum()
-        stats[f"usage{q}"] = float((counts > 0).float().mean())
-        stats[f"ppl{q}"] = float(torch.exp(-(p * p.clamp(min=1e-12).log()).sum()))
+        stats[f"usage{q}"] = (counts > 0).float().mean()
+        stats[f"ppl{q}"] = torch.exp(-(p * p.clamp(min=1e-12).log()).sum())
     return stats
 
 
@@ -697,16 +697,17 @@ class CodecTrainer:
 
     def step(self, wav, quantize=True):
         """One update on wav [B, C, N] at codec.sample_rate (RVQ off while quantize=False, see EncodecLite.forward).
-        Returns floats: "loss" (the sum minimised), "grad_norm", each loss term, and per codebook q of a quantised
-        step its usage and perplexity ("usage{q}", "ppl{q}")."""
+        Returns 0-dim tensors: "loss" (the sum minimised), "grad_norm", each loss term, and per codebook q of a
+        quantised step its usage and perplexity ("usage{q}", "ppl{q}")."""
         codes, losses = self.codec(wav.to(self.codec.device), quantize)
         total = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), 100.0)  # only guards against spikes
         self.opt.step()
-        stats = {"loss": total.item(), "grad_norm": grad_norm.item()}
-        stats.update({name: value.item() for name, value in losses.items()})
+        # 0-dim tensors, not floats: reading them would make the host wait for the GPU at every step
+        stats = {"loss": total.detach(), "grad_norm": grad_norm}
+        stats.update({name: value.detach() for name, value in losses.items()})
         if codes is not None:
             stats.update(codebook_stats(codes, self.codec.codebook_size))
         return stats

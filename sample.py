@@ -244,8 +244,8 @@ def main(argv=None):
                 "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
                 "temperature": args.temperature, "melody": args.melody, "continue": args.continue_from,
                 "window": args.window, "extend_stride": args.extend_stride, "batch_size": len(prompts),
-                "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(), "sample_rate": mg.sample_rate,
-                "seconds_taken": round(seconds, 3)}
+                "device": str(device), "threads": torch.get_num_threads(), "sample_rate": mg.sample_rate,
+                "seconds_taken": round(seconds, 3), "dtype": args.dtype}
     for i, (prompt, out) in enumerate(zip(prompts, wav)):
         path = free_path(single or folder / file_name(i, prompt, seed))  # an explicit --out x.wav is not overwritten
         # written under a temporary name and renamed: a crash or a second Ctrl-C leaves no half-written file

@@ -35,7 +35,8 @@ frozen.
 Exact resume: a checkpoint holds model, optimiser and step. Everything else is a function of (seed, step): the
 batches (data.token_batch), the condition dropout draw, the learning rate, and the torch seed for dropout and input
 noise, which is reset at every step. So a run killed at any point and restarted replays exactly what an uninterrupted
-run does. Ctrl-C finishes the current step, saves and exits. Checkpoints are written atomically (never half a file).
+run does. Ctrl-C finishes the steps up to the next logged one, saves and exits. Checkpoints are written atomically
+(never half a file).
 
 Outputs in --out_dir (default out/<config>):
     codec/                 the trained codec (HF EncodecModel layout)
@@ -310,8 +311,9 @@ def all_mean(x, proc):
 #   name, steps, ckpt_path, log_path   for the progress bar, messages and files; train until step `steps`
 #   seed_stream                        which torch seed stream the stage's steps draw from (see step_seed)
 #   architecture                       what the models are: a checkpoint of other models is refused
-#   step(step, stop)                   compute one update -> (log row with "loss" and "grad_norm", stop now?)
-#   update()                           apply it (after the loss was found finite)
+#   step(step, stop)                   compute one update -> its log row: "loss", "grad_norm", ..., and "stop" (were
+#                                      we asked to stop?), as tensors that stay on the device until they are logged
+#   update()                           apply it
 #   evaluate(done, row, rate)          every eval_every steps: validation (the LM) or nothing (the codec)
 #   parts                              {name: what has a state_dict()}: one checkpoint entry each
 #   postfix(row), remedy               the numbers the progress bar shows; what to change if the loss diverges
@@ -360,23 +362,35 @@ def train_steps(stage, config, proc):
 
     bar = tqdm(total=stage.steps, initial=start, desc=stage.name, dynamic_ncols=True, disable=not proc.main)
     t_last, s_last = time.time(), start  # time and step of the last log row: the log's steps/s
+    finite = True  # every loss since the last check was finite (a tensor on the device after the first step)
     with StopRequest() as stop:  # from here on, Ctrl-C only sets stop.requested
         for step in range(start, stage.steps):  # `step` counts the steps done before this one
             # Reset torch's generator from (seed, step): dropout masks, input noise, k-means draws are then the same
             # in a resumed run as in an uninterrupted one.
             torch.manual_seed(step_seed(config.seed, step, stage.seed_stream))
-            row, stop_now = stage.step(step, stop)  # the loss and gradients of this step (DDP: of every process)
-            if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-                # A NaN or inf spreads to every weight in one update: stop now, before any checkpoint holds it.
-                bar.close()
-                last = (f"the last good checkpoint is {stage.ckpt_path} (step {read_step(stage.ckpt_path)})"
-                        if stage.ckpt_path.exists() else "no checkpoint was saved yet")
-                raise TrainingError(f"[{stage.name}] loss is {row['loss']} (grad norm {row['grad_norm']}) at step "
-                                    f"{step}: training diverged and was stopped; {last}, left untouched. "
-                                    f"{stage.remedy}, then rerun to resume from it.")
-            stage.update()  # the optimiser step: the weights change only here
+            row = stage.step(step, stop)  # the loss and gradients of this step (DDP: of every process)
+            finite = finite & torch.isfinite(row["loss"]) & torch.isfinite(row["grad_norm"])  # no wait for the GPU
             done = step + 1  # steps done so far: the step number in logs and checkpoints
+            # The host reads the device's numbers (and so waits for the GPU) only on the steps that log, validate or
+            # checkpoint: in between, the GPU runs ahead of Python. A Ctrl-C is acted on at the next such step.
+            read = done == stage.steps or any(done % every == 0 for every in (config.log_every, config.eval_every,
+                                                                              config.ckpt_every))
+            if read:
+                row = {name: value.tolist() if torch.is_tensor(value) else value for name, value in row.items()}
+                if not bool(finite):
+                    # A NaN or inf spreads to every weight in one update: stop now, before any checkpoint holds it.
+                    bar.close()
+                    last = (f"the last good checkpoint is {stage.ckpt_path} (step {read_step(stage.ckpt_path)})"
+                            if stage.ckpt_path.exists() else "no checkpoint was saved yet")
+                    raise TrainingError(f"[{stage.name}] loss is {row['loss']} (grad norm {row['grad_norm']}) at "
+                                        f"step {step} (checked every {config.log_every} steps): training diverged "
+                                        f"and was stopped; {last}, left untouched. {stage.remedy}, then rerun to "
+                                        "resume from it.")
+            stage.update()  # the optimiser step: the weights change only here
             bar.update()
+            if not read:
+                continue
+            stop_now = row.pop("stop") > 0  # every process asked (DDP: all stop at the same step)
             bar.set_postfix(stage.postfix(row))
             if proc.main and (done % config.log_every == 0 or done == stage.steps):  # the last step is always logged
                 now = time.time()
@@ -494,7 +508,7 @@ class CodecSteps:
         # A cosine from codec_lr down to a tenth of it: a short run can start fast and still settle at the end.
         for group in self.trainer.opt.param_groups:
             group["lr"] = cosine_lr(step, config.codec_lr, config.codec_lr / 10, config.codec_steps)
-        return self.trainer.step(wav, quantize=step >= self.warmup), stop.requested  # its stats are the log row
+        return dict(self.trainer.step(wav, quantize=step >= self.warmup), stop=stop.requested)  # stats: the log row
 
     def update(self):
         """Nothing left to do: CodecTrainer.step has applied its update (a non-finite loss stops before a save)."""
@@ -649,13 +663,15 @@ class LMSteps:
         device_ids = [torch.device(proc.device)] if "cuda" in proc.device else None  # the GPU this process owns
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids) if proc.world > 1 else self.model
         self.train_set, self.val_set = tokens.select("train"), tokens.select("valid")  # data.TokenSet each
+        self.next_batch = (None,)  # (step, codes, ids, mask, drop) of the step after the last one run (see step)
 
     def step(self, step, stop):
         config, proc = self.config, self.proc
         lr = learning_rate(step, config)  # a function of the step: nothing to save for the schedule
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        codes, ids, mask, drop = lm_batch(self.train_set, self.tokenizer, step, config, self.frames, proc)
+        batch = self.next_batch if self.next_batch[0] == step else self.batch(step)  # (step, codes, ids, mask, drop)
+        _, codes, ids, mask, drop = batch
         with autocast(proc.device):
             loss, per_codebook = self.ddp(codes, ids, mask, drop)  # cross-entropy: the mean, and per codebook [K]
         loss.backward()  # under DDP this also averages the gradients over processes
@@ -664,9 +680,14 @@ class LMSteps:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
         # one small all-reduce: the global loss, and whether any process was asked to stop (all stop together)
         stats = all_mean(loss_and_stop(per_codebook, stop.requested), proc)
-        row = {"loss": float(stats[:-1].mean()), "per_codebook": stats[:-1].tolist(), "grad_norm": float(grad_norm),
-               "lr": lr, "cond_dropped": drop}
-        return row, bool(stats[-1] > 0)
+        # Prefetch: the GPU is still working through the kernels queued above, so the CPU builds the next batch now
+        # instead of leaving the GPU idle at the start of the next step (a batch is a function of its step alone).
+        self.next_batch = self.batch(step + 1)
+        return {"loss": stats[:-1].mean(), "per_codebook": stats[:-1], "grad_norm": grad_norm, "lr": lr,
+                "cond_dropped": drop, "stop": stats[-1]}  # tensors on the device until train_steps logs them
+
+    def batch(self, step):
+        return (step, *lm_batch(self.train_set, self.tokenizer, step, self.config, self.frames, self.proc))
 
     def update(self):
         self.optimizer.step()

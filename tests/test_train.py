@@ -148,19 +148,20 @@ def test_tiny_trains_and_samples_end_to_end(prepared, tmp_path):
 
 
 def interrupt_at(monkeypatch, step, how):
-    """Make the training batch of `step` trigger an interruption: a Ctrl-C (SIGINT to ourselves, which the
-    trainer turns into "finish the step, save, exit"), or a crash (as if the process were killed)."""
-    real = data.token_batch
+    """Make the start of LM step `step` (its learning rate; its batch is prefetched during the step before) trigger
+    an interruption: a Ctrl-C (SIGINT to ourselves, which the trainer turns into "finish the step, save, exit"), or a
+    crash (as if the process were killed)."""
+    real = train.learning_rate
 
-    def batch(tokens, s, *args, augment=False, **kwargs):
-        if augment and s == step:
+    def learning_rate(s, config):
+        if s == step:
             if how == "ctrl-c":
                 os.kill(os.getpid(), signal.SIGINT)
             else:
                 raise RuntimeError("simulated kill")
-        return real(tokens, s, *args, augment=augment, **kwargs)
+        return real(s, config)
 
-    monkeypatch.setattr(data, "token_batch", batch)
+    monkeypatch.setattr(train, "learning_rate", learning_rate)
 
 
 def test_resume_after_interruption_is_exact(prepared, tmp_path, monkeypatch):
@@ -292,3 +293,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared, tmp_path, monke
     assert ckpt["step"] == 3
     assert all(torch.isfinite(t).all() for t in ckpt["lm"].values())
     assert not (Path(config.out_dir) / "model").exists()  # nothing exported from a diverged run
+
+
+def test_host_reads_the_device_only_on_logged_steps(prepared, tmp_path, monkeypatch):
+    """On a GPU every read of a device tensor (.item(), float(), bool(), .tolist()) makes Python wait for the GPU. A
+    training step reads none (losses, grad norm and the stop flag stay tensors, the next batch is prefetched); the
+    loop reads them every log_every steps, with the same numbers and weights as a run that logs every step."""
+    every_step = fresh_copy(prepared, tmp_path, "every_step", max_steps=6)
+    train.run(every_step)
+
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, real=real, name=name: (reads.append(name),
+                                                                                         real(self, *a))[1])
+    step = train.LMSteps.step
+    reads_in_steps = []
+    monkeypatch.setattr(train.LMSteps, "step", lambda *args: (reads.clear(), step(*args), reads_in_steps.extend(
+        reads))[1])
+    every_third = fresh_copy(prepared, tmp_path, "every_third", max_steps=6, log_every=3, eval_every=3, ckpt_every=3)
+    train.run(every_third)
+    monkeypatch.undo()
+
+    assert reads_in_steps == []
+    logged = train_losses(every_third)
+    assert logged == {s: loss for s, loss in train_losses(every_step).items() if s in (3, 6)}
+    a, b = load_state_dict(Path(every_step.out_dir, "model")), load_state_dict(Path(every_third.out_dir, "model"))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
