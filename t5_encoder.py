@@ -379,6 +379,8 @@ class T5Encoder(nn.Module):
             raise ValueError(f"ids must be a LongTensor [B, L] (from T5Tokenizer), got {_describe(ids)}")
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
             raise ValueError(f"mask must be a tensor shaped like ids {tuple(ids.shape)}, got {_describe(mask)}")
+        if ids.device.type != "cpu":  # reading ids on a GPU would make the host wait for it at every training step;
+            return  # they come from the tokenizer on the CPU, where a tokenizer/encoder mismatch shows first
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
         if bad.numel():
             raise ValueError(f"token id {int(bad[0])} is outside this encoder's vocabulary (vocab_size "

@@ -170,3 +170,11 @@ def test_bf16_autocast_generation_and_loss_are_close_to_fp32(tiny_musicgen):
     assert torch.isfinite(loss16) and loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
     assert (logits16.float() - logits32).abs().max() < 0.1 * logits32.abs().max()
     assert cache.layers[0].keys.dtype == torch.bfloat16 and torch.isfinite(wav).all()
+
+
+def test_t5_reads_no_ids_off_the_cpu():
+    """T5's vocabulary check reads the ids: on a GPU, a wait for the GPU at every training step. It checks CPU ids
+    only; a meta tensor (shapes, no values: any read fails) stands in for CUDA ids."""
+    t5 = T5Encoder(T5_PRESETS["tiny"]).to("meta")
+    ids = torch.zeros(2, 4, dtype=torch.long, device="meta")
+    assert t5(ids, torch.ones(2, 4, dtype=torch.long, device="meta")).shape == (2, 4, T5_PRESETS["tiny"].d_model)
