@@ -326,8 +326,8 @@ def step_seed(seed, step, stream):
 
 
 class StopRequest:
-    """Ctrl-C (or SIGTERM from a scheduler) asks to stop: the current step finishes, a checkpoint is written, the
-    run exits. A second Ctrl-C interrupts at once."""
+    """Ctrl-C (or SIGTERM from a scheduler) asks to stop: the steps up to the next logged one finish (train_steps
+    reads the flag there), a checkpoint is written, the run exits. A second Ctrl-C interrupts at once."""
 
     def __enter__(self):
         self.requested, self.previous = False, {}
@@ -340,7 +340,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("\nStopping after this step and saving a checkpoint (Ctrl-C again to abort without saving).")
+        tqdm.write("\nStopping at the next logged step and saving a checkpoint (Ctrl-C again: abort, no saving).")
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():  # give Ctrl-C back its usual meaning
@@ -670,8 +670,7 @@ class LMSteps:
         lr = learning_rate(step, config)  # a function of the step: nothing to save for the schedule
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.next_batch if self.next_batch[0] == step else self.batch(step)  # (step, codes, ids, mask, drop)
-        _, codes, ids, mask, drop = batch
+        _, codes, ids, mask, drop = self.next_batch if self.next_batch[0] == step else self.batch(step)
         with autocast(proc.device):
             loss, per_codebook = self.ddp(codes, ids, mask, drop)  # cross-entropy: the mean, and per codebook [K]
         loss.backward()  # under DDP this also averages the gradients over processes
