@@ -28,6 +28,7 @@ from tqdm import tqdm
 import audio
 import checkpoints
 import chroma as chroma_lib
+import int8
 
 
 # ============================================================================ 1. codebook interleaving, Paper §2.2
@@ -458,6 +459,8 @@ class LM(nn.Module):
                     normal(m.weight, 1 / math.sqrt(m.in_features) / math.sqrt(2 * (i + 1)))  # deeper starts smaller
 
     def hf_state_dict(self):  # our tensors under their names in a Hugging Face MusicGen checkpoint
+        if any(isinstance(m, int8.Int8Linear) for m in self.modules()):  # rounded weights, no file format for them
+            raise ValueError("An int8 LM cannot be saved: save the float model and quantize it when loading.")
         return checkpoints.lm_state_dict_to_hf(self.state_dict())
 
     def load_hf_state_dict(self, state_dict, source="checkpoint"):  # tensors named as in HF's files, strictly
@@ -649,14 +652,17 @@ class MusicGen(nn.Module):
 
     # ---------------------------------------------------------------- loading and saving (Hugging Face layout)
     @classmethod
-    def from_pretrained(cls, name_or_path, device=None, dtype=None):
+    def from_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
         """A Hugging Face-format MusicGen(-melody) directory or cached hub id; each part reads its block and weights.
         device: None (the CPU) or as checkpoints.pick_device ('auto', 'cuda', ...); dtype: the LM's (float32,
-        bfloat16 or float16), where almost all the generation time goes."""
+        bfloat16 or float16), where almost all the generation time goes; quantize="int8": the LM's linear layers
+        as int8 weights (int8.py), ~3x faster generation on a CPU, for inference only."""
         from encodec_lite import EncodecConfig, EncodecLite
         from t5_encoder import T5Config, T5Encoder, T5Tokenizer
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):  # checked before the slow loading
             raise ValueError(f"dtype {dtype} is not supported: use torch.float32, torch.bfloat16 or torch.float16")
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize={quantize!r} is not supported: use 'int8' or None")
         device = torch.device("cpu") if device is None else checkpoints.pick_device(device)  # a missing GPU: now
         model_dir = checkpoints.resolve_model_dir(name_or_path)
         config = checkpoints.read_musicgen_config(model_dir)
@@ -669,6 +675,8 @@ class MusicGen(nn.Module):
         codec.fold_weight_norm()  # inference form of the convolutions
         lm = checkpoints.uninitialised(LM, LMConfig.from_hf(config))
         lm.load_hf_state_dict(tensors, f"{model_dir} (decoder)")  # what is left: the LM's tensors
+        if quantize == "int8":  # from the float32 weights as saved, before any cast to dtype
+            int8.quantize_lm(lm)
         generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance
         # T5 and the codec stay in float32: T5's activations overflow float16, and both run once per clip
         return cls(tokenizer, text_encoder, codec, lm.to(dtype), **generation).eval().to(device)
