@@ -656,7 +656,7 @@ class MusicGen(nn.Module):
         """A Hugging Face-format MusicGen(-melody) directory or cached hub id; each part reads its block and weights.
         device: None (the CPU) or as checkpoints.pick_device ('auto', 'cuda', ...); dtype: the LM's (float32,
         bfloat16 or float16), where almost all the generation time goes; quantize="int8": the LM's linear layers
-        as int8 weights (int8.py), ~3x faster generation on a CPU, for inference only."""
+        as int8 weights (int8.py): a quarter of the bytes read per step, for inference only."""
         from encodec_lite import EncodecConfig, EncodecLite
         from t5_encoder import T5Config, T5Encoder, T5Tokenizer
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):  # checked before the slow loading

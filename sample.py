@@ -10,7 +10,7 @@ sample.py: text prompts (and optionally a melody, or a clip to continue) in, WAV
     python sample.py --prompt "rock" --continue clip.wav --duration 12    # 12 s, starting with the clip
     python sample.py --prompt "ambient" --duration 60                     # longer than the model's 30 s: windows
     python sample.py --model facebook/musicgen-small --download --prompt "jazz"   # fetch it into the HF cache first
-    python sample.py --model facebook/musicgen-small --int8 --prompt "jazz"       # int8 weights: ~3x faster on a CPU
+    python sample.py --model facebook/musicgen-small --int8 --prompt "jazz"       # int8 weights: 1/4 of the bytes
 
 Sampling follows the paper (§3.1): top-k 250 (of 2048 codes; a model with a smaller codebook keeps the same
 share), temperature 1, classifier-free guidance 3, unless the model's generation_config.json says otherwise (train.py
@@ -82,8 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the LM's dtype: bfloat16 (or float16) is for GPUs, about twice as fast there; the CPU is "
                         "fastest in float32. T5 and the codec stay in float32")
-    # int8: a quarter of the bytes read per step; on a CPU ~3x faster, at a small cost in fidelity (int8.py)
-    p.add_argument("--int8", action="store_true", help="the LM's weights in int8 (CPU speed-up, see RESULTS.md)")
+    # int8: a quarter of the bytes read per step, at a small cost in fidelity; the speed-up depends on the CPU
+    # (RESULTS.md, "int8 weight-only generation")
+    p.add_argument("--int8", action="store_true", help="the LM's weights in int8: less memory, faster on some CPUs")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's, one per core); 1 is far faster on a busy machine")
     p.add_argument("--download", action="store_true", help="fetch a hub id --model that is not on disk (needs network)")
