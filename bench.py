@@ -128,40 +128,46 @@ def _reset_peak():
         f.write("5")
 
 
-def _build_reference(model_dir):
-    """A transformers MusicgenForConditionalGeneration at musicgen-small size, random weights, saved."""
+def _build_reference(model_dir, preset="musicgen-small"):
+    """A transformers MusicgenForConditionalGeneration at a released size, random weights, saved."""
     import transformers
     from transformers.initialization import no_init_weights
 
     import musicgen
     from encodec_lite import EncodecConfig
-    from t5_encoder import T5_PRESETS
+    from t5_encoder import T5_PRESETS, T5Tokenizer
 
     config = transformers.MusicgenConfig.from_dict({
         "text_encoder": T5_PRESETS["t5-base"].to_hf(), "audio_encoder": EncodecConfig().to_hf(),
-        "decoder": musicgen.PRESETS["musicgen-small"].to_hf()})
+        "decoder": musicgen.PRESETS[preset].to_hf()})
     with no_init_weights(), torch.no_grad():  # speed does not depend on the values: a plain fill is enough
         model = transformers.MusicgenForConditionalGeneration(config)
         model.tie_weights()
-        for p in model.parameters():
-            p.normal_(0, 0.02)
+        for name, p in model.named_parameters():  # as the parity tests: N(0, 0.02), LayerNorms the identity
+            if "norm" in name:  # (int8_quality compares logits, which near-zero norm gains would flatten)
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                p.normal_(0, 0.02)
     model.save_pretrained(model_dir)
+    # from_pretrained needs a tokenizer beside the weights; the sections pass token ids, so any vocabulary will do
+    T5Tokenizer.train(["a few words to make a vocabulary of"], os.path.join(model_dir, "spiece.model"), 32)
 
 
-def _time_generation(kind, model_dir, threads, repeat):
-    """(ms per step, peak GB during generation, GB after loading, floor ms per step or None), in a fresh process."""
+def _time_generation(kind, model_dir, threads, repeat, frames=GEN_FRAMES):
+    """{ms: per step, peak: GB during generation, loaded: GB after loading, load_peak: GB while loading, floor: ms
+    per step or None} of `kind` ("ours", "int8": ours with quantize="int8", "hf"), in a fresh process."""
     torch.set_num_threads(threads)
     ids = torch.tensor(GEN_TOKENS)
     mask = torch.ones_like(ids)
-    if kind == "ours":
+    if kind in ("ours", "int8"):
         import musicgen
 
-        mg = musicgen.MusicGen.from_pretrained(model_dir)
+        mg = musicgen.MusicGen.from_pretrained(model_dir, quantize="int8" if kind == "int8" else None)
         text_encoder, lm = mg.text_encoder, mg.lm
 
         def run():
             with torch.inference_mode():
-                musicgen.generate(lm, text_encoder(ids, mask), mask, GEN_FRAMES, cfg_coef=3.0, temperature=0)
+                musicgen.generate(lm, text_encoder(ids, mask), mask, frames, cfg_coef=3.0, temperature=0)
     else:
         import types
 
@@ -173,33 +179,36 @@ def _time_generation(kind, model_dir, threads, repeat):
         def run():
             with torch.inference_mode():
                 hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, guidance_scale=3.0,
-                            max_new_tokens=GEN_FRAMES + 3)
+                            max_new_tokens=frames + 3)
 
-    loaded = _rss_gb("VmRSS")
+    loaded, load_peak = _rss_gb("VmRSS"), _rss_gb("VmHWM")
     run()  # warm-up
     _reset_peak()
     seconds = min(median_time(run, repeat=1, warmup=0) for _ in range(repeat))
     peak = _rss_gb("VmHWM")
-    floor = _weight_read_floor(lm, repeat) if kind == "ours" else None
-    return 1000 * seconds / (GEN_FRAMES + 3), peak, loaded, floor
+    floor = _weight_read_floor(lm, repeat) if kind != "hf" else None
+    return dict(ms=1000 * seconds / (frames + 3), peak=peak, loaded=loaded, load_peak=load_peak, floor=floor)
 
 
 def _weight_read_floor(lm, repeat):
-    """ms to multiply a batch of 2 (cond + uncond) by every weight matrix one decoding step reads: the
-    memory-bandwidth floor of a step. Cross-attention keys/values are computed once, so their weights don't count."""
-    weights = [lin.weight for layer in lm.layers for lin in (
+    """ms to multiply a batch of 2 (cond + uncond) by every weight matrix one decoding step reads, through the LM's
+    own layers (nn.Linear, or int8.Int8Linear): the memory-bandwidth floor of a step. Cross-attention keys/values
+    are computed once, so their weights don't count."""
+    linears = [lin for layer in lm.layers for lin in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2)]
-    weights += [head.weight for head in lm.heads]
-    xs = {w.shape[1]: torch.randn(2, w.shape[1]) for w in weights}
+    linears += list(lm.heads)
+    xs = {lin.weight.shape[1]: torch.randn(2, lin.weight.shape[1]) for lin in linears}
 
     def read_all():
-        for w in weights:
-            torch.nn.functional.linear(xs[w.shape[1]], w)
+        with torch.inference_mode():
+            for lin in linears:
+                lin(xs[lin.weight.shape[1]])
 
-    gb = sum(w.numel() * w.element_size() for w in weights) / 1e9
+    gb = sum(t.numel() * t.element_size() for lin in linears for t in lin.state_dict().values()) / 1e9
     ms = 1000 * min(median_time(read_all, repeat=5) for _ in range(repeat))
-    print(f"  weights read per step: {gb:.2f} GB; reading them all once takes {ms:.1f} ms ({gb / ms * 1000:.0f} GB/s)")
+    print(f"  {lm.layers[0].fc1.weight.dtype} weights read per step: {gb:.2f} GB; reading them all once takes "
+          f"{ms:.1f} ms ({gb / ms * 1000:.0f} GB/s)")
     return ms
 
 
@@ -217,14 +226,80 @@ def bench_generate(args):
     _in_fresh_process(_build_reference, model_dir)
     print(f"  musicgen-small (random weights), {GEN_FRAMES} frames = {GEN_FRAMES + 3} steps, batch 1 + guidance, "
           "greedy, fp32; best of 3 runs each")
-    results = {kind: _in_fresh_process(_time_generation, kind, model_dir, args.threads, 3) for kind in ("ours", "hf")}
-    (ours, ours_peak, ours_loaded, floor), (hf, hf_peak, hf_loaded, _) = results["ours"], results["hf"]
-    report("ms per generation step", ours, hf, unit="ms")
-    print(f"  steps/s: ours {1000 / ours:.1f}, transformers {1000 / hf:.1f}; the weight-read floor is "
-          f"{floor:.1f} ms/step ({1000 / floor:.1f} steps/s): ours is at x{ours / floor:.2f} of it")
-    print(f"  peak RSS while generating (GB): ours {ours_peak:.2f}, transformers {hf_peak:.2f}; "
-          f"after loading: ours {ours_loaded:.2f}, transformers {hf_loaded:.2f}")
+    ours, hf = (_in_fresh_process(_time_generation, kind, model_dir, args.threads, 3) for kind in ("ours", "hf"))
+    report("ms per generation step", ours["ms"], hf["ms"], unit="ms")
+    floor = ours["floor"]
+    print(f"  steps/s: ours {1000 / ours['ms']:.1f}, transformers {1000 / hf['ms']:.1f}; the weight-read floor is "
+          f"{floor:.1f} ms/step ({1000 / floor:.1f} steps/s): ours is at x{ours['ms'] / floor:.2f} of it")
+    print(f"  peak RSS while generating (GB): ours {ours['peak']:.2f}, transformers {hf['peak']:.2f}; "
+          f"after loading: ours {ours['loaded']:.2f}, transformers {hf['loaded']:.2f}")
 # --- end section: generate ---
+
+
+# --- section: int8 ---
+# Weight-only int8 (int8.py) reads a quarter of the bytes per step, so its floor is the time of its own int8
+# matmuls; each variant loads and generates in a fresh process, and the pairs alternate so that load from other
+# work on a shared machine falls on both.
+def compare_int8(args, preset, frames, rounds):
+    """Ours in float32 vs quantize="int8" at `preset` size: ms per step, each one's floor, and peak RSS."""
+    model_dir = os.path.join(args.tmp, preset)
+    _in_fresh_process(_build_reference, model_dir, preset)
+    print(f"  {preset} (random weights), {frames} frames = {frames + 3} steps, batch 1 + guidance, greedy; "
+          f"best of {rounds} alternating fresh processes each")
+    runs = [_in_fresh_process(_time_generation, kind, model_dir, args.threads, 2, frames)
+            for _ in range(rounds) for kind in ("ours", "int8")]
+    fp32, q = (min(runs[i::2], key=lambda r: r["ms"]) for i in (0, 1))  # each kind's fastest process
+    floor, q_floor = (min(r["floor"] for r in runs[i::2]) for i in (0, 1))  # and its fastest floor
+    print(f"  ms per step: float32 {fp32['ms']:.1f}, int8 {q['ms']:.1f}: int8 takes x{q['ms'] / fp32['ms']:.2f} of "
+          f"float32 (x{fp32['ms'] / q['ms']:.2f} faster)")
+    print(f"  floors (ms per step): float32 {floor:.1f}, int8 {q_floor:.1f}; each step is at "
+          f"x{fp32['ms'] / floor:.2f} and x{q['ms'] / q_floor:.2f} of its own floor")
+    for name, r in (("float32", fp32), ("int8", q)):
+        print(f"  {name:>7} RSS (GB): peak while loading {r['load_peak']:.2f}, after loading {r['loaded']:.2f}, "
+              f"peak while generating {r['peak']:.2f}")
+
+
+def bench_int8(args):
+    """musicgen-small, batch 1 + guidance: float32 vs int8 weights, with each one's weight-read floor."""
+    compare_int8(args, "musicgen-small", GEN_FRAMES, rounds=2)
+
+
+def bench_int8_medium(args):
+    """musicgen-medium (1.5B; ~7 GB of float32 LM weights, ~15 GB while loading): a few steps, float32 vs int8."""
+    compare_int8(args, "musicgen-medium", 5, rounds=1)
+
+
+def bench_int8_quality(args, frames=250):
+    """What int8 does to musicgen-small's predictions (random weights as the parity tests, T5 and codec shared):
+    both LMs teacher-forced on float32's greedy tokens, guidance 3, then both generating greedily on their own."""
+    import musicgen as M
+
+    model_dir = os.path.join(args.tmp, "musicgen-small")
+    _in_fresh_process(_build_reference, model_dir)
+    fp32, q = (M.MusicGen.from_pretrained(model_dir, quantize=kind) for kind in (None, "int8"))
+    ids = torch.tensor(GEN_TOKENS)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        condition = fp32.text_encoder(ids, mask)
+        codes = {name: M.generate(mg.lm, condition, mask, frames, cfg_coef=3.0, temperature=0)
+                 for name, mg in (("float32", fp32), ("int8", q))}  # [1, K, T] each
+        seq = M.delay_pattern(codes["float32"], fp32.lm.special)  # [1, K, T + K]
+        generated = seq[:, :, 1:] != fp32.lm.special  # the steps whose token was picked, not a forced special
+        both, both_mask, _, _ = M.with_null_condition(condition, mask, 3.0)
+        inputs = torch.cat([seq[:, :, :-1]] * 2)  # [cond; uncond] teacher forcing: step s predicts step s + 1
+        logits = [mg.lm(inputs, both, both_mask) for mg in (fp32, q)]  # [2, K, T + K - 1, N] each
+    print(f"  {frames} frames, greedy, guidance 3; {int(generated.sum())} predicted tokens (K x T)")
+    for name, (a, b) in {"conditional": [x[:1] for x in logits],
+                         "guided": [M.guided_logits(x, 3.0) for x in logits]}.items():
+        a, b = a[generated], b[generated]  # [tokens, N]
+        gap = a.topk(2, dim=-1).values.diff(dim=-1).abs().median()  # how close float32's top two are
+        diff, agree = (a - b).abs(), (a.argmax(-1) == b.argmax(-1)).float().mean()
+        print(f"  {name:>11} logits: |int8 - float32| max {diff.max():.4f}, mean {diff.mean():.5f} (float32 std "
+              f"{a.std():.3f}, median top-1 margin {gap:.3f}); same top-1 {agree:.1%}")
+    same = (codes["float32"] == codes["int8"]).all(dim=1)[0]  # [T]: all K codes of a frame equal
+    first = int(same.long().cumprod(dim=0).sum())
+    print(f"  greedy generation: {int(same.sum())} of {frames} frames identical; the first {first} in a row")
+# --- end section: int8 ---
 
 
 # --- section: chroma ---
@@ -300,7 +375,8 @@ def bench_train(args, codec_steps=40, lm_steps=40):
 # --- end section: train ---
 
 
-SECTIONS = {"t5": bench_t5, "encodec": bench_encodec, "generate": bench_generate, "chroma": bench_chroma,
+SECTIONS = {"t5": bench_t5, "encodec": bench_encodec, "generate": bench_generate, "int8": bench_int8,
+            "int8_medium": bench_int8_medium, "int8_quality": bench_int8_quality, "chroma": bench_chroma,
             "train": bench_train}
 
 
