@@ -450,6 +450,7 @@ def main(argv=None):
                         help="generated clips per style (24 x 5 styles: the accuracy is known to about ±4 points)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
+    parser.add_argument("--int8", action="store_true", help="lm: the LM's weights in int8, as sample.py --int8")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch's default (1 is faster on a busy machine)")
@@ -460,7 +461,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"model": args.model}
+    results = {"model": args.model, "int8": args.int8}
     try:
         device = pick_device(args.device)  # an unknown or absent device fails here, before any loading
         if args.what in ("codec", "all"):
@@ -473,7 +474,7 @@ def main(argv=None):
         if args.what in ("lm", "all"):
             from musicgen import MusicGen
 
-            mg = MusicGen.from_pretrained(args.model).to(device)
+            mg = MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device)
             clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
             if not args.no_generate:
