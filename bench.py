@@ -6,7 +6,8 @@ bench.py: how fast are we, next to Hugging Face transformers, on the same weight
 
 Each section builds a reference model with `transformers` (random weights at the released size: these machines
 cannot download the real ones, and speed does not depend on the values), saves it, loads the same files with our
-code, times both and prints the ratio. Timings are the median of several runs after a warm-up. The train section
+code, times both and prints the ratio. Timings are the median of several runs after a warm-up. The int8 sections
+compare our float32 LM with its int8 copy (int8.py) instead, in speed and in predictions. The train section
 has no reference: it prints the laptop recipe's codec and LM steps/s, to compare two versions of our code.
 Needs the dev requirements (transformers) on top of the runtime ones.
 """
