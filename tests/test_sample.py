@@ -131,7 +131,10 @@ def test_ctrl_c_keeps_a_playable_partial_wav(model_dir, tmp_path):
     command = [sys.executable, "sample.py", "--model", str(model_dir), "--prompt", "rock", "--duration", "600",
                "--seed", "0", "--threads", "1", "--out", str(out)]
     with open(log, "w") as stderr:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        # SIGINT back to its default in the child: a shell that starts the tests in the background (`pytest &`)
+        # ignores it, the child would inherit that, and Python then installs no KeyboardInterrupt for Ctrl-C
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 120
         while not re.search(r"\| *[1-9]\d*/\d+", log.read_text()):  # tqdm's bar counts its first steps
             assert proc.poll() is None and time.time() < deadline, log.read_text()
