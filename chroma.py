@@ -49,9 +49,17 @@ N_FFT = 2**14  # 16384 samples ≈ 0.5 s window (Paper §3.1: "window size of 2^
 HOP_LENGTH = N_FFT // 4  # 4096 samples (Paper §3.1: "hop size of 2^12") → 32000 / 4096 = 7.8125 chroma frames/s
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
 MAX_SECONDS = 30  # the model was trained on 30 s clips; longer references are cut (like Hugging Face)
-CHROMA_LENGTH = 1 + MAX_SECONDS * SAMPLE_RATE // HOP_LENGTH  # = 235: frames of 30 s, the fixed prefix length
 N_CHROMA = 12
 PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]  # row 0 is C
+
+
+def chroma_frames(seconds):
+    """Chroma frames of `seconds` of audio (centred frames: 1 + samples // hop): the prefix length of a melody
+    model trained on windows that long."""
+    return 1 + max(round(seconds * SAMPLE_RATE), N_FFT) // HOP_LENGTH
+
+
+CHROMA_LENGTH = chroma_frames(MAX_SECONDS)  # = 235: the released model's fixed prefix (30 s windows)
 
 
 # --- the chroma filter bank -------------------------------------------------------------------------------------------
@@ -167,6 +175,13 @@ def melody_chroma(wav, sample_rate, length=CHROMA_LENGTH):
     wav = audio.prepare(wav, sample_rate, SAMPLE_RATE, channels=1, what="melody")
     wav = wav[..., : MAX_SECONDS * SAMPLE_RATE]
     return fit_length(chromagram(wav, SAMPLE_RATE), length)
+
+
+def window_chroma(wav, sample_rate, length):
+    """The melody condition of training windows (train.py): wav [B, 1, N] at the codec's rate -> one-hot chroma
+    [B, length, 12] of the very audio whose codes the LM learns to predict (Paper §2.3: the model is conditioned on
+    its target's own chromagram). melody_chroma without its notice: one per batch would flood the training log."""
+    return melody_chroma(audio.resample(wav, sample_rate, SAMPLE_RATE), None, length)
 
 
 # --- looking at it ----------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ API used by train.py and evaluate.py:
     clip_audio(clip, sample_rate) -> [1, N]
     audio_batch(clips, step, batch, samples, sample_rate, seed=0) -> wav [B, 1, samples]
     tokenize(codec, clips, path) -> TokenSet(codes list of [K, T_i], captions, ids, styles, splits, frame_rate)
-    token_batch(tokens, step, batch, frames, seed=0, augment=False) -> (codes [B, K, frames], captions list[str])
+    token_batch(tokens, step, batch, frames, seed=0, augment=False) -> (codes [B, K, frames], captions list[str],
+                                                                         windows [(clip index, first frame)] * B)
     augment_caption(caption, rng, drop_field=0.5, word_dropout=0.3) -> str
 """
 
@@ -286,7 +287,7 @@ class TokenSet:
                         [self.styles[i] for i in keep], [split] * len(keep), self.frame_rate, self.key)
 
 
-def _fingerprint(codec, clips):
+def fingerprint(codec, clips):
     """Changes whenever the codec (config or any weight) or the clip list changes → the cache must be rebuilt."""
     h = hashlib.sha1()
     # The codec's configuration, in its Hugging Face form where it has one (a stable, sorted JSON).
@@ -306,18 +307,26 @@ def _fingerprint(codec, clips):
 CODEC_CLIPS = 2
 
 
-@torch.no_grad()
-def tokenize(codec, clips, path, batch=CODEC_CLIPS):
-    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed)."""
-    key = _fingerprint(codec, clips)
-    path = Path(path)
-    if path.exists():
+def cached_tokens(path, key):
+    """The TokenSet saved at `path` if it was made with the fingerprint `key` (same codec, same clips), else None."""
+    if Path(path).exists():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("key") == key:
                 return TokenSet(**saved)
         except Exception:  # truncated or foreign file: rebuild it
             pass
+    return None
+
+
+@torch.no_grad()
+def tokenize(codec, clips, path, batch=CODEC_CLIPS):
+    """Encode every clip once with `codec` and save codes + captions to `path` (reused when nothing changed)."""
+    key = fingerprint(codec, clips)
+    path = Path(path)
+    tokens = cached_tokens(path, key)
+    if tokens is not None:
+        return tokens
     was_training = codec.training  # restored at the end: tokenizing in the middle of training changes nothing
     codec.eval()
     codes = [None] * len(clips)
@@ -359,7 +368,8 @@ def augment_caption(caption, rng, drop_field=0.5, word_dropout=0.3):
 
 
 def token_batch(tokens, step, batch, frames, seed=0, augment=False):
-    """Random windows of `frames` frames from random clips → (codes LongTensor [B, K, frames], captions list[str]).
+    """Random windows of `frames` frames from random clips → (codes LongTensor [B, K, frames], captions list[str],
+    windows: (clip index in `tokens`, first frame) of each row, to find the audio the codes encode).
 
     Stateless: the same (seed, step) always gives the same batch. With `augment`, captions go through
     `augment_caption` (training); leave it off for validation."""
@@ -375,4 +385,4 @@ def token_batch(tokens, step, batch, frames, seed=0, augment=False):
     codes = torch.stack([tokens.codes[i][:, s : s + frames].long() for i, s in zip(picks, starts)])
     # Captions last, so `augment` changes the words but never which windows are drawn.
     captions = [augment_caption(tokens.captions[i], rng) if augment else tokens.captions[i] for i in picks]
-    return codes, captions
+    return codes, captions, list(zip(picks.tolist(), starts))

@@ -4,6 +4,7 @@ evaluate.py: numbers that say whether a trained codec and LM are any good, measu
     python evaluate.py codec --model out/small/model   # the codec of a MusicGen dir (or an EncodecLite dir)
     python evaluate.py lm    --model out/small/model   # the language model: cross-entropy and prompt following
     python evaluate.py all   --model out/small/model --json eval.json --device cuda
+    python evaluate.py melody --model out/small-melody/model --text-model out/small/model   # melody following
 
 The paper scores models with FAD, a KL over AudioSet classifier labels, the CLAP score and listening tests (§3.3).
 Those need large pretrained networks; here everything is small, offline and explainable:
@@ -30,6 +31,11 @@ lm:
                       per second in the generated clips, over the same in the held-out real clips (and their codec
                       reconstructions): 1 moves as often as the real music, near 0 holds chords and drones, which
                       the judges above can miss (target ≥ 0.8 on average, ≥ 0.6 for every style)
+melody (melody models):
+    SIM               the paper's chroma cosine similarity (§4.2, Table 2) between the melody of held-out clips and
+                      music generated from their captions: (a) given that melody, (b) given none, (c) given another
+                      clip's, (d) by a text-only model; and the codec judge's style accuracy of the same clips (does
+                      the caption still set the style when a melody is given?)
 
 The held-out clips are those of the corpus the model was trained on: the corpus options (--data, --seed, ...) are
 read from the model's training_config.json (train.py writes it), else train.py's defaults. An option given on the
@@ -51,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import audio
 import chroma
 import data
 
@@ -266,19 +273,24 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
     frames = max(int(segment_seconds * mg.frame_rate), mg.lm.config.num_codebooks)  # at least K: the delay pattern
     if mg.context_frames:  # no longer than the LM's training windows: positions beyond them were never trained
         frames = min(frames, mg.context_frames)
-    windows, captions = [], []
+    hop = round(mg.sample_rate / mg.frame_rate)  # samples per frame: a melody model hears each window's own tune
+    windows, captions, tunes = [], [], []
     for clip in clips:
-        codes = mg.codec.encode(data.clip_audio(clip, mg.sample_rate)[None]).cpu()[0]  # [K, T]
+        wav = data.clip_audio(clip, mg.sample_rate)  # [1, N]
+        codes = mg.codec.encode(wav[None]).cpu()[0]  # [K, T]
         for start in range(0, codes.shape[-1] - frames + 1, frames):  # non-overlapping windows, the tail dropped
             windows.append(codes[:, start : start + frames])
             captions.append(clip.caption)
+            tunes.append(wav[:, start * hop : (start + frames) * hop])
     if not windows:
         raise ValueError(f"The held-out clips are shorter than {segment_seconds} s; pass a smaller --segment-seconds.")
     total = 0.0
     for i in range(0, len(windows), batch):
         codes = torch.stack(windows[i : i + batch]).to(mg.device)
         condition, mask = mg.encode_text(captions[i : i + batch])  # the clip's caption, as at generation
-        _, per_codebook = mg.lm.compute_loss(codes, condition, mask)  # [K], the training loss without noise
+        melody = (chroma.window_chroma(torch.stack(tunes[i : i + batch]), mg.sample_rate, mg.lm.config.chroma_length)
+                  .to(mg.device) if mg.lm.config.melody else None)  # as train.py conditions a melody model
+        _, per_codebook = mg.lm.compute_loss(codes, condition, mask, melody)  # [K], the training loss without noise
         total = total + per_codebook.float().cpu() * len(codes)  # weighted: the last batch may be smaller
     return {"val_ce": (total / len(windows)).tolist(), "unigram_entropy": unigram_entropy(torch.cat(windows, -1)),
             "windows": len(windows)}
@@ -304,30 +316,14 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
     if len(styles) < 2:
         raise ValueError("Prompt following needs clips with at least 2 style labels (the built-in corpus has 5).")
     n = int(seconds * sr)  # samples per judged crop
-
-    def crops(clip_list, through_codec=False):  # every whole `seconds`-long crop of each clip (as long as generated)
-        x, y = [], []
-        for batch, wav in _clip_batches(clip_list, sr, desc="judge clips" + " (codec)" * through_codec):
-            if through_codec:
-                wav = mg.codec.decode(mg.codec.encode(wav)).cpu()[..., : wav.shape[-1]]
-            for start in range(0, wav.shape[-1] - n + 1, n):
-                x.append(wav[:, 0, start : start + n])
-                y += [c.style for c in batch]
-        return torch.cat(x), y  # waveforms [M, n], style names [M]
-
-    train_wav, train_styles = crops(train)
+    train_wav, train_styles = judge_crops(mg, train, n)
     real_judge = StyleClassifier(styles).fit(features(train_wav, sr), train_styles)
-    codec_judge = StyleClassifier(styles).fit(features(crops(train, through_codec=True)[0], sr), train_styles)
-    real, valid_styles = crops(valid)
-    reconstructed, _ = crops(valid, through_codec=True)
-    prompts, truth = [], []
-    for style in styles:  # the same number of prompts per style: the accuracy weighs every style equally
-        pool = [c for c in valid if c.style == style] or [c for c in train if c.style == style]  # held-out first
-        for i in range(per_style):
-            prompts.append(pool[i % len(pool)].caption)
-            truth.append(style)
-    generated = torch.cat([mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i).cpu()[:, 0, :n]
-                           for i in tqdm(range(0, len(prompts), batch), desc="generate", leave=False)])  # [M, n]
+    codec_judge = StyleClassifier(styles).fit(features(judge_crops(mg, train, n, True)[0], sr), train_styles)
+    real, valid_styles = judge_crops(mg, valid, n)
+    reconstructed, _ = judge_crops(mg, valid, n, through_codec=True)
+    picks = prompt_clips(clips, styles, per_style)
+    prompts, truth = [c.caption for c in picks], [c.style for c in picks]
+    generated = generate_clips(mg, prompts, seconds, seed, batch)  # [M, n]
     x_real, x_codec, x_generated = features(real, sr), features(reconstructed, sr), features(generated, sr)
     predicted = codec_judge.predict(x_generated)  # the headline number uses the codec judge
     return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
@@ -342,6 +338,40 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
                                             reconstructed=(reconstructed, valid_styles), generated=(generated, truth))}
 
 
+def judge_crops(mg, clips, n, through_codec=False):
+    """Every whole n-sample crop of each clip (as long as the generated clips), as heard by a judge: waveforms
+    [M, n] and the style of each [M]; through_codec: after the codec's encoder and decoder."""
+    x, y = [], []
+    for batch, wav in _clip_batches(clips, mg.sample_rate, desc="judge clips" + " (codec)" * through_codec):
+        if through_codec:
+            wav = mg.codec.decode(mg.codec.encode(wav)).cpu()[..., : wav.shape[-1]]
+        for start in range(0, wav.shape[-1] - n + 1, n):
+            x.append(wav[:, 0, start : start + n])
+            y += [c.style for c in batch]
+    return torch.cat(x), y
+
+
+def prompt_clips(clips, styles, per_style):
+    """per_style clips of each style whose captions prompt the LM, held-out ones first (cycled if too few): the
+    same number per style, so an accuracy weighs every style equally."""
+    picks = []
+    for style in styles:
+        pool = [c for c in clips if c.style == style and c.split == "valid"] or [c for c in clips if c.style == style]
+        picks += [pool[i % len(pool)] for i in range(per_style)]
+    return picks
+
+
+def generate_clips(mg, prompts, seconds, seed, batch, melodies=None):
+    """Generate `seconds` of music per prompt, `batch` prompts at a time (seeds seed + first index of the batch)
+    -> waveforms [M, seconds * sample_rate]; melodies: one 32 kHz waveform [1, N] per prompt (melody models)."""
+    n, out = int(seconds * mg.sample_rate), []
+    for i in tqdm(range(0, len(prompts), batch), desc="generate", leave=False):
+        tunes = {} if melodies is None else {"melody": melodies[i : i + batch],
+                                             "melody_sample_rate": chroma.SAMPLE_RATE}
+        out.append(mg.generate(prompts[i : i + batch], duration=seconds, seed=seed + i, **tunes).cpu()[:, 0, :n])
+    return torch.cat(out)
+
+
 def note_event_rates(styles, sample_rate, **clips):
     """clips: {name: (wav [M, n], style of each [M])} with names real, reconstructed, generated -> per name and
     style the mean rate of each note_events measure; per measure and style the ratio generated / real, and the
@@ -354,6 +384,62 @@ def note_event_rates(styles, sample_rate, **clips):
     out["ratio"] = {style: {measure: generated / max(out["real"][style][measure], 1e-6)
                             for measure, generated in out["generated"][style].items()} for style in styles}
     out["mean_ratio"] = sum(out["ratio"][style]["pitch_changes"] for style in styles) / len(styles)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Melody following (Paper §4.2, Table 2): does the music follow the tune the melody model was given?
+
+
+def melody_frames(wav, sample_rate):
+    """Waveforms [B, N] -> the one-hot chroma [B, frames, 12] a melody model hears (chroma.py at 32 kHz)."""
+    wav = audio.resample(_flat(wav)[:, None], sample_rate, chroma.SAMPLE_RATE)  # quietly: no notice per batch
+    return chroma.chromagram(wav, chroma.SAMPLE_RATE)
+
+
+def chroma_similarity(reference, generated, sample_rate):
+    """The paper's SIM (§4.2) per item [B]: the mean over frames of the cosine similarity between the quantised
+    chroma of the reference melody and of the generated audio. Quantised = one-hot on the dominant pitch class, so
+    a frame scores 1 when both have the same one and 0 otherwise: SIM is the share of frames that agree."""
+    reference, generated = _same_length(_flat(reference), _flat(generated))
+    return F.cosine_similarity(melody_frames(reference, sample_rate), melody_frames(generated, sample_rate),
+                               dim=-1).mean(-1)
+
+
+@torch.no_grad()
+def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed=0, batch=10):
+    """SIM between the melody of held-out clips (their first `seconds`) and music generated from their captions:
+
+        given       the melody model, given the clip's own melody: it should follow it (paper: 0.66)
+        null        the same model with no melody (the null melody): what text alone gives
+        mismatched  the same model given the melody of a clip of another style, scored against the clip it was
+                    not given: how often any two tunes share a pitch class by chance (same key, same chords)
+        text_only   a text model (`text_model`, e.g. out/small/model) from the same captions (paper: 0.10)
+
+    and, with the codec judge of prompt_following, whether the caption still sets the style when a melody is given:
+    its accuracy on `given` and `mismatched` next to the text model's."""
+    sr, n = mg.sample_rate, int(seconds * mg.sample_rate)
+    styles = sorted({c.style for c in clips if c.style})
+    picks = prompt_clips(clips, styles, per_style)  # per_style clips of each style, held-out first
+    prompts, truth = [c.caption for c in picks], [c.style for c in picks]
+    tunes = [data.clip_audio(c, sr)[:, :n] for c in picks]  # [1, n] each: the reference melodies
+    references = torch.cat(tunes)  # [M, n]
+    melodies = [audio.resample(t, sr, chroma.SAMPLE_RATE) for t in tunes]  # as the model hears them, 32 kHz
+    others = melodies[per_style:] + melodies[:per_style]  # clip i gets the melody of clip i + per_style: next style
+    generated = {"given": generate_clips(mg, prompts, seconds, seed, batch, melodies),
+                 "null": generate_clips(mg, prompts, seconds, seed, batch),
+                 "mismatched": generate_clips(mg, prompts, seconds, seed, batch, others)}
+    if text_model is not None:
+        generated["text_only"] = generate_clips(text_model, prompts, seconds, seed, batch)
+    train_crops, train_styles = judge_crops(mg, data.select(clips, "train"), n, through_codec=True)
+    judge = StyleClassifier(styles).fit(features(train_crops, sr), train_styles)
+    out = {"styles": styles, "clips": len(picks), "seconds": seconds, "sim": {}, "sim_by_style": {},
+           "style_accuracy": {}}
+    for name, wav in generated.items():
+        sim = chroma_similarity(references, wav, sr)  # [M]
+        out["sim"][name] = float(sim.mean())
+        out["sim_by_style"][name] = {s: float(sim[torch.tensor([t == s for t in truth])].mean()) for s in styles}
+        out["style_accuracy"][name] = accuracy(judge.predict(features(wav, sr)), truth)
     return out
 
 
@@ -411,6 +497,18 @@ def print_note_events(r, styles):
         print(line)
 
 
+def print_melody(r):
+    """SIM per condition (and style), with the codec judge's style accuracy of the same clips."""
+    print(f"melody following: chroma cosine similarity SIM (Paper §4.2), {r['clips']} held-out clips of "
+          f"{r['seconds']:g} s, {len(r['styles'])} styles")
+    print(" " * 40 + "SIM   style judge   " + " ".join(f"{s[:7]:>7}" for s in r["styles"]))
+    labels = {"given": "(a) melody model, its own melody", "null": "(b) melody model, null melody",
+              "mismatched": "(c) melody model, another melody", "text_only": "(d) text-only model"}
+    for name, sim in r["sim"].items():
+        print(f"  {labels[name]:<36} {sim:5.3f}   {100 * r['style_accuracy'][name]:6.1f} %    "
+              + " ".join(f"{r['sim_by_style'][name][s]:7.3f}" for s in r["styles"]))
+
+
 CORPUS_OPTIONS = ("data", "cache_dir", "clip_seconds", "clips_per_style", "seed")  # what data.load_corpus reads
 
 
@@ -435,7 +533,7 @@ def corpus_options(args):
 def main(argv=None):
     """The command line: the corpus of the model's training run, the chosen device, one line for a user's error."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["codec", "lm", "all"])
+    parser.add_argument("what", choices=["codec", "lm", "all", "melody"])
     parser.add_argument("--model", default="out/small/model",
                         help="a MusicGen directory (or an EncodecLite one for codec)")
     corpus_help = "(default: the model's training_config.json, else train.py's default)"
@@ -450,6 +548,8 @@ def main(argv=None):
                         help="generated clips per style (24 x 5 styles: the accuracy is known to about ±4 points)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
+    parser.add_argument("--text-model", default="out/small/model",
+                        help="melody: the text-only model to compare with (skipped with a notice if absent)")
     parser.add_argument("--int8", action="store_true", help="lm: the LM's weights in int8, as sample.py --int8")
     parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=int, default=0,
@@ -481,6 +581,24 @@ def main(argv=None):
                 r["prompt_following"] = prompt_following(mg, clips, args.per_style, args.seconds, args.seed)
             results["lm"] = r
             print_lm(r)
+        if args.what == "melody":
+            from musicgen import MusicGen
+
+            mg = MusicGen.from_pretrained(args.model, device).to(device)
+            if not mg.lm.config.melody:
+                raise ValueError(f"{args.model} is a text-only model: pass a melody model (train.py --config "
+                                 "small-melody writes out/small-melody/model)")
+            text_model = None
+            if Path(args.text_model).is_dir():
+                text_model = MusicGen.from_pretrained(args.text_model, device)
+                if text_model.sample_rate != mg.sample_rate:  # SIM compares their audio frame by frame
+                    raise ValueError(f"--text-model {args.text_model} makes {text_model.sample_rate} Hz audio, the "
+                                     f"melody model {mg.sample_rate} Hz: compare models of the same codec")
+            else:
+                print(f"note: no text-only model at {args.text_model}: (d) skipped (--text-model DIR)", file=sys.stderr)
+            clips = data.load_corpus(args, mg.sample_rate)
+            results["melody"] = melody_following(mg, clips, text_model, args.per_style, args.seconds, args.seed)
+            print_melody(results["melody"])
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: {e}")  # one line the user can act on, no traceback
     if args.json:  # written whole or not at all: a run killed here leaves no half a file

@@ -85,7 +85,7 @@ def experiment_patterns(args):
         # AdamW with the paper's betas (§3.1), a constant learning rate: short runs, no schedule to tune.
         optimizer = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.95))
         for step in range(args.steps):
-            codes, _ = data.token_batch(train_set, step, args.batch, frames, seed=args.seed)  # [B, K, frames]
+            codes, _, _ = data.token_batch(train_set, step, args.batch, frames, seed=args.seed)  # [B, K, frames]
             loss, _ = lm.compute_loss(codes, pattern=pattern)  # unconditional: condition None
             optimizer.zero_grad()
             loss.backward()

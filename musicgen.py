@@ -85,15 +85,20 @@ def interleave(channels):
     return torch.stack(channels, dim=2).flatten(1, 2)
 
 
+def split_channels(streams, channels):
+    """The inverse of interleave: [B, C*K, X] -> a list of C tensors [B, K, X], one per channel."""
+    return [streams[:, c::channels] for c in range(channels)]
+
+
 def channel_delay_pattern(codes, special, channels=1):
     """codes [B, C*K, T] interleaved by channel -> [B, C*K, T + K]: the mono delay pattern within each channel (the
     stereo partial delay for channels=2; delay_pattern itself for channels=1)."""
-    return interleave([delay_pattern(codes[:, c::channels], special) for c in range(channels)])
+    return interleave([delay_pattern(codes, special) for codes in split_channels(codes, channels)])
 
 
 def revert_channel_delay(seq, channels=1):
     """The inverse: delayed [B, C*K, S] -> codes [B, C*K, S - K]."""
-    return interleave([revert_delay(seq[:, c::channels]) for c in range(channels)])
+    return interleave([revert_delay(seq) for seq in split_channels(seq, channels)])
 
 
 def parallel_pattern(codes, special):
@@ -172,10 +177,10 @@ PRESETS = {
     "musicgen-melody": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144, cross_attention=False),
     # The stereo models (musicgen-stereo-*) are these sizes with num_codebooks=8, audio_channels=2.
     # Ours, as train.py trains them (it sets card, text_dim and dropout) for encodec_lite's "small" codec (N = 256),
-    # head size 64 as released. A melody model trained on 10 s clips needs a 10 s prefix (1 + 10 * 32000 / 4096).
+    # head size 64 as released. train.py sizes a melody model's chroma prefix for its training windows
+    # (chroma.chroma_frames: 20 frames for 2.5 s) instead of the released 30 s.
     "small": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256),  # `train.py --config small`, 2.8M
-    "small-melody": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256, cross_attention=False,
-                             chroma_length=79),
+    "small-melody": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256, cross_attention=False),
     "base": LMConfig(dim=512, num_layers=8, num_heads=8, ffn_dim=2048, card=256),  # `train.py --config gpu`, 35M
     "tiny": LMConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, card=64),  # tests, the "tiny" codec (N = 64)
     "tiny-melody": LMConfig(dim=64, num_layers=2, num_heads=4, ffn_dim=256, card=64, cross_attention=False,
@@ -711,9 +716,10 @@ class MusicGen(nn.Module):
         mask[torch.tensor(empty, device=self.device)] = 0
         return self.text_encoder(ids, mask) * mask[..., None], mask  # [B, L, text_dim], padding zeroed
 
-    def prepare_melody(self, melody, sample_rate, batch):
+    def prepare_melody(self, melody, sample_rate, batch, seconds):
         """melody ([N], [C, N] or [B, C, N]: one for all prompts or one per prompt; or a list of clips) -> a list
-        of `batch` mono waveforms [1, 1, N_b] at chroma.py's 32 kHz (resampled with a notice), or None."""
+        of `batch` mono waveforms [1, 1, N_b] at chroma.py's 32 kHz (resampled with a notice), or None. A melody
+        shorter than the `seconds` generated loops, a longer one is cut (melody_window): a notice says which."""
         if melody is None:
             return None
         if sample_rate is None:
@@ -722,6 +728,10 @@ class MusicGen(nn.Module):
         wavs = [w for clip in clips for w in audio.prepare(clip, sample_rate, chroma_lib.SAMPLE_RATE, 1, "melody")]
         if len(wavs) not in (1, batch):
             raise ValueError(f"Got {len(wavs)} melodies for {batch} prompts: pass one for all, or one per prompt.")
+        for have in sorted({round(w.shape[-1] / chroma_lib.SAMPLE_RATE, 1) for w in wavs}):
+            if have != round(seconds, 1):
+                audio.notice(f"melody: {have:g} s for {seconds:.1f} s of music: " + (
+                    "looped to fill it." if have < seconds else f"only its first {seconds:.1f} s are followed."))
         return [w[None] for w in wavs] * (batch if len(wavs) == 1 else 1)
 
     def melody_window(self, melodies, start_frame):
@@ -742,8 +752,7 @@ class MusicGen(nn.Module):
 
     def decode_audio(self, codes):
         """codes [B, K, T] -> wav [B, C, T * hop]: each channel's streams through the mono decoder, stacked."""
-        C = self.audio_channels
-        return torch.cat([self.codec.decode(codes[:, c::C]) for c in range(C)], dim=1)
+        return torch.cat([self.codec.decode(codes) for codes in split_channels(codes, self.audio_channels)], dim=1)
 
     def encode_prompt(self, prompt_audio, sample_rate, batch):
         """An audio prompt ([N], [C, N] or [B, C, N]; one, or one per prompt) -> its codes [B, K, T_p] (T_p = 0 for
@@ -798,7 +807,7 @@ class MusicGen(nn.Module):
         if not isinstance(frames, int) or frames <= 0:
             raise ValueError(f"frames must be a positive whole number; got {frames!r}.")
         condition, mask = self.encode_text(prompts)  # [B, L, text_dim], [B, L]
-        melodies = self.prepare_melody(melody, melody_sample_rate, len(condition))
+        melodies = self.prepare_melody(melody, melody_sample_rate, len(condition), frames / self.frame_rate)
         codes = self.encode_prompt(prompt_audio, prompt_sample_rate, len(condition))  # [B, K, T_p], T_p maybe 0
         window, stride = self.window_frames(condition, window, extend_stride)
         if codes.shape[-1] >= min(frames, window):

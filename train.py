@@ -75,6 +75,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import audio
+import chroma
 import data
 from checkpoints import (CheckpointError, atomic_write, find_in_hf_cache, keep_log_until, load_checkpoint, log,
                          pick_device, read_config, read_step, resolve_model_dir, save_checkpoint)
@@ -113,6 +114,8 @@ class TrainConfig:
     codec_crop_seconds: float = opt(0.5, "codec training crop length in seconds (EnCodec: 1 s)")
     codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")
     codec_warmup: float = opt(0.3, "fraction of codec steps trained as a plain auto-encoder, before the RVQ is on")
+    reuse: str = opt("", "a run folder (e.g. out/small) whose codec and tokens this run takes when they are done "
+                         "and made from the same corpus (else it trains its own)")
     # text encoder (Paper §2.3)
     t5: str = opt("", "'' = train a small T5 from scratch; auto = t5-base from the HF cache if there; or a directory")
     t5_preset: str = opt("tiny", "size of the T5 trained from scratch (t5_encoder.T5_PRESETS)")
@@ -132,6 +135,7 @@ class TrainConfig:
     beta2: float = opt(0.95, "AdamW beta2 (beta1 = 0.9)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this")
     cond_dropout: float = opt(0.3, "probability of training a batch without its condition (guidance, Paper §3.1)")
+    melody_dropout: float = opt(0.5, "melody LMs: probability of a batch with the null melody (text only; audiocraft)")
     guidance: float = opt(6.0, "the exported model's default guidance (Paper: 3); raise it if samples ignore prompts")
     # bookkeeping
     log_every: int = opt(10, "steps between log lines (log.jsonl, codec_log.jsonl)")
@@ -151,6 +155,9 @@ CONFIGS = {
         codec_batch=4, codec_crop_seconds=0.5, vocab_size=100, lm="tiny", batch_size=4, segment_seconds=1.0,
         max_steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2, log_every=1, eval_every=3, eval_batches=1, ckpt_every=3,
         samples=1, sample_seconds=1.0),
+    # The melody model (Paper §2.3) on the laptop: the codec and tokens of `small` (trained here if that run is not
+    # done), an LM that reads [chroma ; text] as a prefix; audiocraft's condition dropout for melody models.
+    "small-melody": TrainConfig(out_dir="out/small-melody", reuse="out/small", lm="small-melody", cond_dropout=0.2),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, the 'base' LM, 10 s windows).
     "gpu": TrainConfig(
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
@@ -201,7 +208,8 @@ RANGES = {"greater than 0": (lambda v: v > 0, "clip_seconds clips_per_style code
                              "codec_lr vocab_size batch_size segment_seconds max_steps lr grad_clip guidance log_every "
                              "eval_every eval_batches ckpt_every sample_seconds"),
           "0 or more": (lambda v: v >= 0, "threads codec_clips_per_style warmup_steps min_lr weight_decay samples"),
-          "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_warmup dropout input_noise cond_dropout beta2")}
+          "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_warmup dropout input_noise cond_dropout "
+                                                                          "melody_dropout beta2")}
 
 
 def check_config(config):
@@ -463,6 +471,16 @@ def stage_codec(config, clips, proc):
     out = Path(config.out_dir)
     if config.init_from or config.codec not in CODEC_PRESETS:  # a public / earlier codec: load, do not train
         return EncodecLite.from_pretrained(config.init_from or config.codec)
+    reused = Path(config.reuse, "codec")
+    if config.reuse and (reused / "config.json").exists():  # trained by an earlier run (its tokens: stage_tokens)
+        codec = EncodecLite.from_pretrained(reused)
+        if codec.sample_rate != CODEC_PRESETS[config.codec].sampling_rate:  # the corpus was rendered at the preset's
+            raise TrainingError(f"--reuse {config.reuse}: its codec runs at {codec.sample_rate} Hz, not the "
+                                f"{CODEC_PRESETS[config.codec].sampling_rate} Hz of --codec {config.codec}")
+        say(proc, f"[codec] reusing {reused} (--reuse {config.reuse}; --reuse '' trains one here)")
+        return codec
+    if config.reuse:
+        say(proc, f"[codec] no trained codec in {reused} to reuse: training one here")
     if (out / "codec" / "config.json").exists():
         say(proc, f"[codec] already trained: {out / 'codec'}")
     elif proc.main:  # the other processes wait at the barrier below
@@ -527,6 +545,11 @@ class CodecSteps:
 def stage_tokens(config, codec, clips, proc):
     """-> data.TokenSet: the codes [K, T] of every clip, with its caption and split, cached in tokens.pt."""
     path = Path(config.out_dir) / "tokens.pt"
+    reused = Path(config.reuse, "tokens.pt")
+    tokens = data.cached_tokens(reused, data.fingerprint(codec, clips)) if config.reuse else None
+    if tokens is not None:  # read, never written: the earlier run's file stays as it was
+        say(proc, f"[tokens] reusing {reused}: the codes of these clips by this codec")
+        return tokens
     if proc.main:
         t0 = time.time()
         tokens = data.tokenize(codec, clips, path)  # rebuilt only when the codec or the clips changed
@@ -546,7 +569,8 @@ class TextToMusic(torch.nn.Module):
     draws once per batch): with probability cond_dropout, a *whole batch* is trained with the null condition (all
     zeros, mask 0), the same input guidance uses as its unconditional branch at sampling time. The condition is
     multiplied by zero rather than skipped so every parameter stays in the graph (DDP expects gradients for all of
-    them)."""
+    them). A melody model's `melody` (chroma [B, T_c, 12]) comes with the batch, already the null melody when
+    dropped (lm_batch)."""
 
     def __init__(self, text_encoder, lm, train_text, input_noise=0.0):
         super().__init__()
@@ -562,13 +586,13 @@ class TextToMusic(torch.nn.Module):
             self.text_encoder.eval()
         return self
 
-    def forward(self, codes, ids, mask, drop_condition):
+    def forward(self, codes, ids, mask, drop_condition, melody=None):
         with torch.set_grad_enabled(self.train_text and torch.is_grad_enabled()):  # a frozen T5 keeps no graph
             condition = self.text_encoder(ids, mask)  # [B, L, d_text]
         if drop_condition:  # drawn once per batch in lm_batch
             condition, mask = condition * 0, mask * 0
         noise = self.input_noise if self.training else 0.0  # validation scores clean inputs
-        return self.lm.compute_loss(codes, condition, mask, input_noise=noise)  # (loss, per-codebook loss [K])
+        return self.lm.compute_loss(codes, condition, mask, chroma=melody, input_noise=noise)  # (loss, loss [K])
 
 
 def build_models(config, codec, tokens, proc):
@@ -598,9 +622,10 @@ def build_models(config, codec, tokens, proc):
                   f"{tokenizer.vocab_size}-piece vocabulary from the captions ({spiece}); --t5 DIR: a pretrained "
                   "t5-base, as the paper")
     # The preset as named; only what the data decides changes: K and the card N come from the codec, the
-    # cross-attention input width from the text encoder.
+    # cross-attention input width from the text encoder, a melody model's chroma prefix from the window length.
+    melody = {"chroma_length": chroma.chroma_frames(config.segment_seconds)} if LM_PRESETS[config.lm].melody else {}
     lm = LM(lm_config(config.lm, num_codebooks=codec.num_codebooks, card=codec.codebook_size,
-                      text_dim=text_encoder.config.d_model, dropout=config.dropout))
+                      text_dim=text_encoder.config.d_model, dropout=config.dropout, **melody))
     return tokenizer, text_encoder, lm, train_text
 
 
@@ -619,19 +644,46 @@ def learning_rate(step, config):
     return cosine_lr(step, config.lr, config.min_lr, config.max_steps, config.warmup_steps)
 
 
-def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True):
-    """This process's slice of global batch `step`: (codes [b, K, T], ids [b, L], mask [b, L], drop_condition).
+def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True, melody=None):
+    """This process's slice of global batch `step`: (codes [b, K, T], ids [b, L], mask [b, L], drop_condition,
+    chroma [b, T_c, 12] or None).
 
     Every process builds the same global batch (a pure function of (seed, step)) and keeps its own rows, so the
     run computes the same loss whatever the number of processes. Captions are tokenized before slicing so that
     every process pads to the same length. Training batches get the paper's text augmentation (word dropout,
-    data.augment_caption) and condition dropout; validation batches neither."""
-    codes, captions = data.token_batch(tokens, step, config.batch_size, frames,
-                                       seed=config.seed if train else config.seed + 1, augment=train)
+    data.augment_caption) and condition dropout; validation batches neither.
+
+    melody (melody models): (the clips' audio, one [1, N] per entry of `tokens`, its sample rate, chroma_length).
+    Each window is conditioned on the chroma of its own audio (Paper §2.3), or on the null melody when the batch
+    drops its conditions (guidance: text and melody together) or its melody alone (melody_dropout, as audiocraft's
+    AttributeDropout: one draw per batch, so the model also learns to follow the text with no melody)."""
+    codes, captions, windows = data.token_batch(tokens, step, config.batch_size, frames,
+                                                seed=config.seed if train else config.seed + 1, augment=train)
     ids, mask = tokenizer(captions)  # [B, L]: padded to the longest caption of the global batch
     rows = slice(proc.rank * len(captions) // proc.world, (proc.rank + 1) * len(captions) // proc.world)
-    drop = train and np.random.default_rng([config.seed, step, 1]).random() < config.cond_dropout  # one draw a batch
-    return codes[rows].to(proc.device), ids[rows].to(proc.device), mask[rows].to(proc.device), bool(drop)
+    draws = np.random.default_rng([config.seed, step, 1]).random(2)  # one draw a batch each
+    drop = train and draws[0] < config.cond_dropout
+    melody_chroma = None
+    if melody is not None:
+        clips_audio, sample_rate, length = melody
+        hop = round(sample_rate / tokens.frame_rate)  # samples per codec frame
+        wav = torch.stack([clips_audio[clip][:, start * hop : (start + frames) * hop] for clip, start in windows[rows]])
+        melody_chroma = chroma.window_chroma(wav, sample_rate, length)  # [b, T_c, 12], the windows' own melody
+        if drop or (train and draws[1] < config.melody_dropout):
+            melody_chroma = chroma.null_melody(len(wav), length)
+        melody_chroma = melody_chroma.to(proc.device)
+    return (codes[rows].to(proc.device), ids[rows].to(proc.device), mask[rows].to(proc.device), bool(drop),
+            melody_chroma)
+
+
+def melody_source(token_set, clips, codec, lm):
+    """What lm_batch needs to condition a melody LM's windows on their own chroma: (the audio [1, N] of each clip
+    of `token_set`, in its order; the codec's sample rate; the LM's chroma_length). None for a text LM."""
+    if not lm.config.melody:
+        return None
+    by_id = {clip.id: clip for clip in clips}
+    audio_of_set = [data.clip_audio(by_id[i], codec.sample_rate) for i in token_set.ids]  # kept in memory by data
+    return audio_of_set, codec.sample_rate, lm.config.chroma_length
 
 
 def autocast(device):
@@ -645,7 +697,7 @@ class LMSteps:
 
     name, remedy = "lm", "Lower --lr or raise --warmup_steps"  # a divergence early in training: warm up longer
 
-    def __init__(self, config, codec, tokens, proc):
+    def __init__(self, config, codec, tokens, clips, proc):
         self.config, self.proc, self.steps = config, proc, config.max_steps
         self.ckpt_path, self.log_path = Path(config.out_dir, "ckpt.pt"), Path(config.out_dir, "log.jsonl")
         self.seed_stream = 2 + proc.rank  # each process its own dropout masks (different rows, different masks)
@@ -663,16 +715,23 @@ class LMSteps:
         device_ids = [torch.device(proc.device)] if "cuda" in proc.device else None  # the GPU this process owns
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids) if proc.world > 1 else self.model
         self.train_set, self.val_set = tokens.select("train"), tokens.select("valid")  # data.TokenSet each
-        self.next_batch = (None,)  # (step, codes, ids, mask, drop) of the step after the last one run (see step)
+        largest = max(int(codes.max()) for codes in tokens.codes)  # checked once here, not in every step's loss
+        if largest >= self.lm.config.card:
+            raise TrainingError(f"The token cache holds code {largest}, the LM has {self.lm.config.card} per codebook: "
+                                f"delete {Path(config.out_dir, 'tokens.pt')} and rerun to encode the clips again")
+        # a melody model's windows need their audio (lm_batch): the clips of each set, in the set's order
+        self.train_melody, self.val_melody = (melody_source(s, clips, codec, self.lm) for s in (self.train_set,
+                                                                                                self.val_set))
+        self.next_batch = (None,)  # (step, codes, ids, mask, drop, chroma) of the step after the last one run
 
     def step(self, step, stop):
         config, proc = self.config, self.proc
         lr = learning_rate(step, config)  # a function of the step: nothing to save for the schedule
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        _, codes, ids, mask, drop = self.next_batch if self.next_batch[0] == step else self.batch(step)
+        _, codes, ids, mask, drop, melody = self.next_batch if self.next_batch[0] == step else self.batch(step)
         with autocast(proc.device):
-            loss, per_codebook = self.ddp(codes, ids, mask, drop)  # cross-entropy: the mean, and per codebook [K]
+            loss, per_codebook = self.ddp(codes, ids, mask, drop, melody)  # cross-entropy: mean, per codebook [K]
         loss.backward()  # under DDP this also averages the gradients over processes
         # Scale the whole gradient down when its norm is over grad_clip: one unlucky batch cannot throw the weights
         # far. The norm returned is the one before clipping, as logged.
@@ -681,12 +740,14 @@ class LMSteps:
         stats = all_mean(loss_and_stop(per_codebook, stop.requested), proc)
         # Prefetch: the GPU is still working through the kernels queued above, so the CPU builds the next batch now
         # instead of leaving the GPU idle at the start of the next step (a batch is a function of its step alone).
-        self.next_batch = self.batch(step + 1)
+        if step + 1 < self.steps:  # none after the last step
+            self.next_batch = self.batch(step + 1)
         return {"loss": stats[:-1].mean(), "per_codebook": stats[:-1], "grad_norm": grad_norm, "lr": lr,
                 "cond_dropped": drop, "stop": stats[-1]}  # tensors on the device until train_steps logs them
 
     def batch(self, step):
-        return (step, *lm_batch(self.train_set, self.tokenizer, step, self.config, self.frames, self.proc))
+        return (step, *lm_batch(self.train_set, self.tokenizer, step, self.config, self.frames, self.proc,
+                                melody=self.train_melody))
 
     def update(self):
         self.optimizer.step()
@@ -698,9 +759,10 @@ class LMSteps:
         self.model.eval()  # no dropout, no input noise: the loss of the model as it will generate
         total = 0
         for i in range(self.config.eval_batches):
-            codes, ids, mask, _ = lm_batch(self.val_set, self.tokenizer, i, self.config, self.frames, self.proc, False)
+            codes, ids, mask, _, melody = lm_batch(self.val_set, self.tokenizer, i, self.config, self.frames,
+                                                   self.proc, False, self.val_melody)
             with autocast(self.proc.device):
-                _, per_codebook = self.model(codes, ids, mask, False)
+                _, per_codebook = self.model(codes, ids, mask, False, melody)
             total = total + per_codebook.float()  # [K]
         self.model.train()
         val = all_mean(total / self.config.eval_batches, self.proc)  # over every process's rows
@@ -719,10 +781,10 @@ def fmt(per_codebook):
     return "/".join(f"{x:.2f}" for x in per_codebook)
 
 
-def stage_lm(config, codec, tokens, proc):
+def stage_lm(config, codec, tokens, clips, proc):
     """Train the LM (resuming if a checkpoint is there), then export it with the codec and text encoder."""
     out = Path(config.out_dir)
-    steps = LMSteps(config, codec, tokens, proc)  # builds the models and the optimiser (no checkpoint read yet)
+    steps = LMSteps(config, codec, tokens, clips, proc)  # builds the models and the optimiser (no checkpoint read yet)
     lm, text_encoder = steps.lm, steps.model.text_encoder
     say(proc, f"[lm] LM '{config.init_from or config.lm}' {millions(lm):.2f}M parameters (+ text encoder "
               f"{millions(text_encoder):.2f}M, {'trained' if steps.model.train_text else 'frozen'}); "
@@ -739,7 +801,7 @@ def stage_lm(config, codec, tokens, proc):
         mg = MusicGen(steps.tokenizer, text_encoder, codec, lm, context_frames=steps.frames,
                       guidance=config.guidance).eval()
         export(mg, config, out / "model")
-        write_samples(mg, steps.val_set, config, out / "samples")
+        write_samples(mg, steps.val_set, config, out / "samples", steps.val_melody)
     return lm
 
 
@@ -780,16 +842,19 @@ def model_card(config, folder, val):
     return "\n\n".join(lines + [usage])
 
 
-def write_samples(mg, val_set, config, folder):
-    """A few clips from held-out captions, one per style, to listen to."""
+def write_samples(mg, val_set, config, folder, melody=None):
+    """A few clips from held-out captions, one per style, to listen to; a melody model follows the melody of the
+    clip each caption describes (melody: as melody_source)."""
     if config.samples <= 0:
         return
     by_style = {}
-    for caption, style in zip(val_set.captions, val_set.styles):
-        by_style.setdefault(style, caption)  # the first held-out caption of each style
-    prompts = (list(by_style.values()) * config.samples)[: config.samples]  # cycle through the styles
+    for i, style in enumerate(val_set.styles):
+        by_style.setdefault(style, i)  # the first held-out clip of each style
+    picks = (list(by_style.values()) * config.samples)[: config.samples]  # cycle through the styles
+    prompts = [val_set.captions[i] for i in picks]
+    tunes = {} if melody is None else {"melody": [melody[0][i] for i in picks], "melody_sample_rate": melody[1]}
     t0 = time.time()
-    wav = mg.generate(prompts, duration=config.sample_seconds, seed=config.seed)  # [B, 1, N], one batch
+    wav = mg.generate(prompts, duration=config.sample_seconds, seed=config.seed, **tunes)  # [B, 1, N], one batch
     audio.write_clips(folder, wav, mg.sample_rate, prompts)  # 00.wav, 01.wav... and prompts.txt
     tqdm.write(f"[samples] {len(prompts)} x {config.sample_seconds:g} s in {time.time() - t0:.0f} s -> {folder}")
 
@@ -813,7 +878,7 @@ def run(config, stage="lm"):
     clips = stage_data(config, proc)  # list of clips (audio + caption)
     codec = stage_codec(config, clips, proc).to(proc.device) if last >= 1 else None  # audio <-> codes [K, T]
     tokens = stage_tokens(config, codec, clips, proc) if last >= 2 else None  # the codes of every clip
-    lm = stage_lm(config, codec, tokens, proc) if last >= 3 else None  # captions -> codes
+    lm = stage_lm(config, codec, tokens, clips, proc) if last >= 3 else None  # captions -> codes
     say(proc, f"[train] done in {(time.time() - t0) / 60:.1f} min")
     return lm
 

@@ -112,10 +112,12 @@ def test_tokenize_caches_and_token_batches_are_stateless(corpus, codec, tmp_path
 
     train = tokens.select("train")
     assert set(train.splits) == {"train"} and len(train.codes) == 9
-    codes, captions = data.token_batch(train, 3, 4, 20, seed=0)
+    codes, captions, windows = data.token_batch(train, 3, 4, 20, seed=0)
     assert codes.shape == (4, codec.num_codebooks, 20) and codes.dtype == torch.long and len(captions) == 4
-    codes2, captions2 = data.token_batch(train, 3, 4, 20, seed=0)
+    codes2, captions2, _ = data.token_batch(train, 3, 4, 20, seed=0)
     assert torch.equal(codes, codes2) and captions == captions2
+    for row, (clip, start) in zip(codes, windows):  # where each row comes from: its clip and first frame
+        assert torch.equal(row, train.codes[clip][:, start : start + 20].long())
     assert not torch.equal(codes, data.token_batch(train, 4, 4, 20, seed=0)[0])
     aug = data.token_batch(train, 3, 4, 20, seed=0, augment=True)
     assert torch.equal(aug[0], codes) and aug[1] == data.token_batch(train, 3, 4, 20, seed=0, augment=True)[1]

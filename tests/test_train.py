@@ -320,3 +320,15 @@ def test_host_reads_the_device_only_on_logged_steps(prepared, tmp_path, monkeypa
     assert logged == {s: loss for s, loss in train_losses(every_step).items() if s in (3, 6)}
     a, b = load_state_dict(Path(every_step.out_dir, "model")), load_state_dict(Path(every_third.out_dir, "model"))
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_codes_beyond_the_lm_card_are_refused_before_training(prepared, tmp_path):
+    """A token cache the LM cannot read (a code >= N) fails once, before the first step, naming the fix."""
+    config = fresh_copy(prepared, tmp_path)
+    path = Path(config.out_dir, "tokens.pt")
+    saved = torch.load(path, weights_only=True)
+    saved["codes"][0][0, 0] = musicgen.PRESETS[config.lm].card  # one past the last code
+    torch.save(saved, path)
+    with pytest.raises(train.TrainingError, match=r"holds code 64, the LM has 64 per codebook: delete .*tokens.pt"):
+        train.run(config)
+    assert not Path(config.out_dir, "ckpt.pt").exists()
