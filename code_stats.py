@@ -16,7 +16,8 @@ import ast
 import io
 import tokenize
 
-CORE = ["musicgen.py", "encodec_lite.py", "spectral_codec.py", "t5_encoder.py", "chroma.py", "train.py", "sample.py"]
+CORE = ["musicgen.py", "encodec_lite.py", "spectral_codec.py", "t5_encoder.py", "chroma.py", "train.py",
+        "training_loop.py", "sample.py"]
 
 
 def docstring_lines(source):

@@ -19,7 +19,7 @@ import torch
 import data
 import musicgen
 import train
-from checkpoints import CheckpointError, load_state_dict
+from checkpoints import CheckpointError, load_state_dict, read_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,11 +172,11 @@ def test_resume_after_interruption_is_exact(prepared, tmp_path, monkeypatch):
     interrupt_at(monkeypatch, 1, "ctrl-c")  # Ctrl-C during step 1: it finishes, saves at 2, exits
     with pytest.raises(KeyboardInterrupt):
         train.run(resumed)
-    assert train.read_step(Path(resumed.out_dir) / "ckpt.pt") == 2
+    assert read_step(Path(resumed.out_dir) / "ckpt.pt") == 2
     interrupt_at(monkeypatch, 4, "kill")  # dies in step 4: the periodic checkpoint at step 3 survives
     with pytest.raises(RuntimeError, match="simulated kill"):
         train.run(resumed)
-    assert train.read_step(Path(resumed.out_dir) / "ckpt.pt") == 3
+    assert read_step(Path(resumed.out_dir) / "ckpt.pt") == 3
     monkeypatch.undo()
     train.run(resumed)
 
@@ -203,7 +203,7 @@ def test_codec_stage_resumes_exactly(prepared, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "audio_batch", batch)
     with pytest.raises(KeyboardInterrupt):
         train.run(resumed, stage="codec")
-    assert train.read_step(Path(resumed.out_dir) / "codec_ckpt.pt") == 5
+    assert read_step(Path(resumed.out_dir) / "codec_ckpt.pt") == 5
     assert not (Path(resumed.out_dir) / "codec").exists()
     monkeypatch.undo()
     train.run(resumed, stage="codec")

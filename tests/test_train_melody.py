@@ -19,7 +19,7 @@ import data
 import evaluate
 import musicgen
 import train
-from checkpoints import load_state_dict
+from checkpoints import load_state_dict, read_step
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,7 +123,7 @@ def test_resume_is_exact(text_run, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "learning_rate", killed_at_step_4)
     with pytest.raises(RuntimeError, match="simulated kill"):
         train.run(resumed)
-    assert train.read_step(Path(resumed.out_dir) / "ckpt.pt") == 3
+    assert read_step(Path(resumed.out_dir) / "ckpt.pt") == 3
     monkeypatch.undo()
     train.run(resumed)
     assert losses(resumed) == losses(straight)
