@@ -350,10 +350,11 @@ def bench_train(args, codec_steps=40, lm_steps=40):
     import corpus
     import data
     import train
+    import training_loop
 
     config = replace(train.CONFIGS["small"], out_dir=args.tmp, cache_dir=args.tmp)
     clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24, seconds=4.0)
-    stop = train.StopRequest()
+    stop = training_loop.StopRequest()
     stop.requested = False  # never asked to stop: the steps below only read the flag
 
     def steps_per_s(stage, n):
@@ -371,7 +372,7 @@ def bench_train(args, codec_steps=40, lm_steps=40):
     codec_stage.warmup = 0  # time the quantised steps, which most of a run is
     print(f"  codec step ({config.codec_batch} x {config.codec_crop_seconds:g} s)   {steps_per_s(codec_stage, codec_steps):6.2f} steps/s")
     tokens = data.tokenize(codec_stage.codec.eval(), clips, f"{args.tmp}/tokens.pt")
-    lm_stage = train.LMSteps(config, codec_stage.codec, tokens, train.Processes())
+    lm_stage = train.LMSteps(config, codec_stage.codec, tokens, clips, train.Processes())
     print(f"  LM step ({config.batch_size} x {config.segment_seconds:g} s)       {steps_per_s(lm_stage, lm_steps):6.2f} steps/s")
 # --- end section: train ---
 
