@@ -43,10 +43,11 @@ def check_finite(wav, what="audio"):
         raise AudioError(f"The {what} contains NaN or infinite samples. Check how it was produced or decoded.")
 
 
-def prepare(wav, sample_rate, target_rate, channels=1, what="audio"):
+def prepare(wav, sample_rate, target_rate, channels=1, what="audio", notify=notice):
     """Bring `wav` ([N], [C, N] or [B, C, N]) to `target_rate` and `channels`, returning [B, channels, N'].
 
-    Stereo → mono is the channel mean (what both reference implementations do); mono → stereo duplicates."""
+    Stereo → mono is the channel mean (what both reference implementations do); mono → stereo duplicates. What was
+    changed goes to `notify` (one line each; a caller preparing many clips collects them to say each once)."""
     wav = torch.as_tensor(wav, dtype=torch.float32, device=wav.device if torch.is_tensor(wav) else "cpu")
     if wav.dim() == 1:  # [N]: one mono clip
         wav = wav[None, None]
@@ -57,15 +58,15 @@ def prepare(wav, sample_rate, target_rate, channels=1, what="audio"):
     check_finite(wav, what)
     if wav.shape[1] != channels:  # [B, C, N]: C is dim 1
         if channels == 1:
-            notice(f"{what}: downmixed {wav.shape[1]} channels to mono.")
+            notify(f"{what}: downmixed {wav.shape[1]} channels to mono.")
             wav = wav.mean(dim=1, keepdim=True)
         elif wav.shape[1] == 1:
-            notice(f"{what}: duplicated mono to {channels} channels.")
+            notify(f"{what}: duplicated mono to {channels} channels.")
             wav = wav.expand(-1, channels, -1)  # a view: made contiguous on return
         else:
             raise AudioError(f"The {what} has {wav.shape[1]} channels; the model wants {channels}.")
     if sample_rate is not None and int(sample_rate) != int(target_rate):  # None: the caller vouches for the rate
-        notice(f"{what}: resampled from {sample_rate} Hz to {target_rate} Hz.")
+        notify(f"{what}: resampled from {sample_rate} Hz to {target_rate} Hz.")
         wav = resample(wav, int(sample_rate), int(target_rate))
     return wav.contiguous()  # [B, channels, N']
 

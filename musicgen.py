@@ -725,7 +725,11 @@ class MusicGen(nn.Module):
         if sample_rate is None:
             raise ValueError("Pass melody_sample_rate with the melody (the sample rate of its waveform).")
         clips = list(melody) if isinstance(melody, (list, tuple)) else [melody]
-        wavs = [w for clip in clips for w in audio.prepare(clip, sample_rate, chroma_lib.SAMPLE_RATE, 1, "melody")]
+        changes = []  # what audio.prepare did to the clips, said once for all of them below
+        wavs = [w for clip in clips
+                for w in audio.prepare(clip, sample_rate, chroma_lib.SAMPLE_RATE, 1, "melody", changes.append)]
+        for change in dict.fromkeys(changes):  # in order, without repeats
+            audio.notice(change)
         if len(wavs) not in (1, batch):
             raise ValueError(f"Got {len(wavs)} melodies for {batch} prompts: pass one for all, or one per prompt.")
         for have in sorted({round(w.shape[-1] / chroma_lib.SAMPLE_RATE, 1) for w in wavs}):

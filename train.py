@@ -674,9 +674,7 @@ def write_samples(mg, val_set, config, folder, melody=None):
         by_style.setdefault(style, i)  # the first held-out clip of each style
     picks = (list(by_style.values()) * config.samples)[: config.samples]  # cycle through the styles
     prompts = [val_set.captions[i] for i in picks]
-    tunes = {} if melody is None else {  # resampled here, quietly: the notice is for a user's own file
-        "melody": [audio.resample(melody[0][i], melody[1], chroma.SAMPLE_RATE) for i in picks],
-        "melody_sample_rate": chroma.SAMPLE_RATE}
+    tunes = {} if melody is None else {"melody": [melody[0][i] for i in picks], "melody_sample_rate": melody[1]}
     t0 = time.time()
     wav = mg.generate(prompts, duration=config.sample_seconds, seed=config.seed, **tunes)  # [B, 1, N], one batch
     audio.write_clips(folder, wav, mg.sample_rate, prompts)  # 00.wav, 01.wav... and prompts.txt

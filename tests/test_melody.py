@@ -218,6 +218,12 @@ def test_stereo_44k_melody_is_prepared_with_a_notice(tiny_mg, capsys):
     assert "downmixed" in err and "resampled" in err
 
 
+def test_a_list_of_melodies_is_noticed_once_not_once_per_clip(tiny_mg, capsys):
+    melodies = [tune([60 + i], sr=44100) for i in range(3)]  # three clips at one rate, as train.py's samples give
+    tiny_mg.generate_tokens(["a", "b", "c"], 4, temperature=0, melody=melodies, melody_sample_rate=44100)
+    assert capsys.readouterr().err.count("melody: resampled from 44100 Hz to 32000 Hz.") == 1
+
+
 def test_text_models_refuse_a_melody(tiny_musicgen):
     mg = tiny_musicgen("tiny")
     with pytest.raises(ValueError, match="no melody conditioning"):
