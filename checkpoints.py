@@ -314,7 +314,8 @@ def lm_config_from_hf(config):
         raise CheckpointError(f"decoder.audio_channels is {decoder['audio_channels']}: MusicGen checkpoints are "
                               "mono (1) or stereo (2).")
     fields = {ours: decoder[hf] for ours, hf in LM_CONFIG_NAMES.items() if hf in decoder}
-    fields.update({key: config[key] for key in ("num_chroma", "chroma_length") if key in config})
+    fields.update({key: config[key] for key in ("num_chroma", "chroma_length", "chroma_hop", "text_length")
+                   if key in config})
     # the melody model prepends its conditions instead of cross-attending to them (musicgen.LM)
     melody = decoder.get("model_type") == "musicgen_melody_decoder"
     return dict(fields, cross_attention=not melody, text_dim=config["text_encoder"]["d_model"])
@@ -336,7 +337,8 @@ def musicgen_config(text_encoder, audio_encoder, lm):
               "decoder": lm.to_hf()}
     if not lm.cross_attention:  # what transformers' MusicgenMelodyForConditionalGeneration reads
         config.update(architectures=["MusicgenMelodyForConditionalGeneration"], model_type="musicgen_melody",
-                      num_chroma=lm.num_chroma, chroma_length=lm.chroma_length)
+                      num_chroma=lm.num_chroma, chroma_length=lm.chroma_length,
+                      chroma_hop=lm.chroma_hop, text_length=lm.text_length)  # the last two: ours (HF ignores them)
     return config
 
 

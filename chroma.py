@@ -8,6 +8,9 @@ The melody model hears a reference tune only as "which of the 12 pitch classes i
              --divide by the frame max--> argmax --> one-hot [B, frames, 12] (the bottleneck)
              --tile/cut to 235 frames--> the prefix the LM reads              (musicgen.py projects it 12 -> D)
 
+The laptop melody model (train.py's small-melody) reads the same chromagram at a finer hop, 640 samples: one chroma
+frame per 50 Hz codec frame, so that audio step t and chroma frame t sit a fixed distance apart in its sequence.
+
 Reading order: constants, `chroma_filter_bank`, `power_spectrogram`, `chromagram` and its `bottleneck`; then what
 generation uses (`fit_length`, `null_melody`, and `melody_chroma`, which chains it all); then the picture and the
 command line:
@@ -53,10 +56,10 @@ N_CHROMA = 12
 PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]  # row 0 is C
 
 
-def chroma_frames(seconds):
+def chroma_frames(seconds, hop_length=HOP_LENGTH):
     """Chroma frames of `seconds` of audio (centred frames: 1 + samples // hop): the prefix length of a melody
     model trained on windows that long."""
-    return 1 + max(round(seconds * SAMPLE_RATE), N_FFT) // HOP_LENGTH
+    return 1 + max(round(seconds * SAMPLE_RATE), N_FFT) // hop_length
 
 
 CHROMA_LENGTH = chroma_frames(MAX_SECONDS)  # = 235: the released model's fixed prefix (30 s windows)
@@ -146,9 +149,10 @@ def bottleneck(chroma):
 def fit_length(chroma, length=CHROMA_LENGTH):
     """Force [B, T, 12] to [B, length, 12]: a short melody is repeated whole (looped) then cut, a long one is cut.
 
-    The chroma is not aligned to the 50 Hz audio tokens: it is a fixed 235-frame (30 s) prefix and the LM learned
-    the alignment itself. Both references loop a short melody this way: audiocraft's chroma conditioner
-    (`audiocraft/modules/conditioners.py`) and transformers' `modeling_musicgen_melody.py` (`chroma_length` 235)."""
+    In the released model the chroma is not aligned to the 50 Hz audio tokens: it is a fixed 235-frame (30 s) prefix
+    and the LM learned the alignment itself (the laptop model reads one frame per token: hop_length 640). Both
+    references loop a short melody this way: audiocraft's chroma conditioner (`audiocraft/modules/conditioners.py`)
+    and transformers' `modeling_musicgen_melody.py` (`chroma_length` 235)."""
     repeats = math.ceil(length / chroma.shape[1])
     return chroma.repeat(1, repeats, 1)[:, :length]
 
@@ -164,24 +168,24 @@ def null_melody(batch_size, length=CHROMA_LENGTH, device=None):
     return chroma
 
 
-def melody_chroma(wav, sample_rate, length=CHROMA_LENGTH):
+def melody_chroma(wav, sample_rate, length=CHROMA_LENGTH, hop_length=HOP_LENGTH):
     """The melody condition for generation: one-hot chroma [B, length, 12] of a reference waveform.
 
     wav: [N], [C, N], [B, C, N], or a list of those with different lengths (each item is chromagram'd and looped on
     its own; Hugging Face instead zero-pads a batch to its longest item, which gives the short ones trailing C frames).
     Like Hugging Face, the waveform is cut to its first 30 s before the STFT, so 30 s give exactly 235 frames."""
     if isinstance(wav, (list, tuple)):
-        return torch.cat([melody_chroma(w, sample_rate, length) for w in wav])
+        return torch.cat([melody_chroma(w, sample_rate, length, hop_length) for w in wav])
     wav = audio.prepare(wav, sample_rate, SAMPLE_RATE, channels=1, what="melody")
     wav = wav[..., : MAX_SECONDS * SAMPLE_RATE]
-    return fit_length(chromagram(wav, SAMPLE_RATE), length)
+    return fit_length(chromagram(wav, SAMPLE_RATE, hop_length=hop_length), length)
 
 
-def window_chroma(wav, sample_rate, length):
-    """The melody condition of training windows (train.py): wav [B, 1, N] at the codec's rate -> one-hot chroma
-    [B, length, 12] of the very audio whose codes the LM learns to predict (Paper §2.3: the model is conditioned on
-    its target's own chromagram). melody_chroma without its notice: one per batch would flood the training log."""
-    return melody_chroma(audio.resample(wav, sample_rate, SAMPLE_RATE), None, length)
+def window_chroma(wav, sample_rate, length, hop_length=HOP_LENGTH):
+    """The melody condition of held-out windows (evaluate.py): wav [B, 1, N] at the codec's rate -> one-hot chroma
+    [B, length, 12] of the very audio whose codes the LM predicts (Paper §2.3: the model is conditioned on its
+    target's own chromagram). melody_chroma without its notice: one per batch would flood the log."""
+    return melody_chroma(audio.resample(wav, sample_rate, SAMPLE_RATE), None, length, hop_length)
 
 
 # --- looking at it ----------------------------------------------------------------------------------------------------

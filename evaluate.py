@@ -288,8 +288,9 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
     for i in range(0, len(windows), batch):
         codes = torch.stack(windows[i : i + batch]).to(mg.device)
         condition, mask = mg.encode_text(captions[i : i + batch])  # the clip's caption, as at generation
-        melody = (chroma.window_chroma(torch.stack(tunes[i : i + batch]), mg.sample_rate, mg.lm.config.chroma_length)
-                  .to(mg.device) if mg.lm.config.melody else None)  # as train.py conditions a melody model
+        melody = (chroma.window_chroma(torch.stack(tunes[i : i + batch]), mg.sample_rate, mg.lm.config.chroma_length,
+                                     mg.lm.config.chroma_hop)
+                  .to(mg.device) if mg.lm.config.melody else None)  # each window's own tune, as sample.py hears one
         _, per_codebook = mg.lm.compute_loss(codes, condition, mask, melody)  # [K], the training loss without noise
         total = total + per_codebook.float().cpu() * len(codes)  # weighted: the last batch may be smaller
     return {"val_ce": (total / len(windows)).tolist(), "unigram_entropy": unigram_entropy(torch.cat(windows, -1)),

@@ -140,6 +140,8 @@ class LMConfig:
     text_dim: int = 768  # width of the T5 output that condition_proj maps to D
     num_chroma: int = 12  # melody models: pitch classes per chroma frame
     chroma_length: int = chroma_lib.CHROMA_LENGTH  # melody models: prefix frames, 235 = 30 s as released (HF's name)
+    chroma_hop: int = chroma_lib.HOP_LENGTH  # melody models: 32 kHz samples between chroma frames (4096 as released)
+    text_length: int = 0  # melody models: text prefix padded to this many pieces (0: to the batch's longest, released)
     audio_channels: int = 1  # 2: stereo (Paper §4.3), the K streams are K/2 levels of left and right, interleaved
 
     @property
@@ -177,8 +179,8 @@ PRESETS = {
     "musicgen-melody": LMConfig(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144, cross_attention=False),
     # The stereo models (musicgen-stereo-*) are these sizes with num_codebooks=8, audio_channels=2.
     # Ours, as train.py trains them (it sets card, text_dim and dropout) for encodec_lite's "small" codec (N = 256),
-    # head size 64 as released. train.py sizes a melody model's chroma prefix for its training windows
-    # (chroma.chroma_frames: 20 frames for 2.5 s) instead of the released 30 s.
+    # head size 64 as released. train.py sizes a melody model's prefix for its training windows instead of the
+    # released 30 s: one chroma frame per codec frame (126 for 2.5 s) and the text padded to the longest caption.
     "small": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256),  # `train.py --config small`, 2.8M
     "small-melody": LMConfig(dim=192, num_layers=4, num_heads=3, ffn_dim=768, card=256, cross_attention=False),
     "base": LMConfig(dim=512, num_layers=8, num_heads=8, ffn_dim=2048, card=256),  # `train.py --config gpu`, 35M
@@ -315,7 +317,12 @@ class LM(nn.Module):
 
         input:     [ chroma_0 .. chroma_234 | text_0 .. text_{L-1} | step_0 .. step_{S-1} ]
         positions:   0 ..................................... P-1 |  P ........ P+S-1        (P = 235 + L)
-        logits:                                                    only for the S steps"""
+        logits:                                                    only for the S steps
+
+    The released model finds the chroma frame of each step itself: 7.8 chroma frames per second against 50 steps,
+    and a prefix P that changes with the prompt's length L. train.py's melody models make that a fixed offset: one
+    chroma frame per codec frame (config.chroma_hop) and the text padded to config.text_length, so step t is always
+    P positions after chroma frame t (RESULTS.md, "The laptop melody model, aligned")."""
 
     def __init__(self, config):
         super().__init__()
@@ -355,6 +362,11 @@ class LM(nn.Module):
         dtype = self.chroma_proj.weight.dtype
         melody = self.chroma_proj(chroma_lib.fit_length(chroma.to(dtype), self.config.chroma_length))  # [B, 235, D]
         text, _ = self.project_condition(condition, condition_mask)  # [B, L, D], padded positions exactly 0
+        if self.config.text_length:
+            if text.shape[1] > self.config.text_length:
+                raise ValueError(f"The prompt has {text.shape[1]} pieces; this melody model reads at most "
+                                 f"{self.config.text_length}: shorten it.")
+            text = F.pad(text, (0, 0, 0, self.config.text_length - text.shape[1]))  # [B, text_length, D]
         return torch.cat([melody, text], dim=1)  # nothing masked: every step sees the padding (both references)
 
     def embed_steps(self, sequence, offset=0, prefix=None):
@@ -746,7 +758,9 @@ class MusicGen(nn.Module):
         shift = round(start_frame / self.frame_rate * chroma_lib.SAMPLE_RATE)
         length = self.lm.config.chroma_length
         rotated = [w.roll(-(shift % w.shape[-1]), dims=-1) for w in melodies]  # a short melody loops
-        return torch.cat([chroma_lib.melody_chroma(w, chroma_lib.SAMPLE_RATE, length) for w in rotated]).to(self.device)
+        hop = self.lm.config.chroma_hop  # 4096 as released; one chroma frame per codec frame in train.py's models
+        chromas = [chroma_lib.melody_chroma(w, chroma_lib.SAMPLE_RATE, length, hop) for w in rotated]
+        return torch.cat(chromas).to(self.device)
 
     # ---------------------------------------------------------------- the codec, once per channel (Paper §4.3)
     def encode_audio(self, wav):

@@ -154,11 +154,11 @@ CONFIGS = {
         max_steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2, log_every=1, eval_every=3, eval_batches=1, ckpt_every=3,
         samples=1, sample_seconds=1.0),
     # The melody model (Paper §2.3) on the laptop: the codec and tokens of `small` (trained here if that run is not
-    # done), an LM that reads [chroma ; text] as a prefix; audiocraft's guidance dropout (0.2), and the melody dropped
-    # in 0.2 of the batches rather than its 0.5: the melody is followed better, the text as well (RESULTS.md, "A
-    # melody model on the laptop").
+    # done), an LM that reads [chroma ; text] as a prefix; audiocraft's guidance dropout (0.2), the melody dropped in
+    # 0.2 of the batches rather than its 0.5, twice small's input noise and guidance 3 (the paper's): the melody is
+    # followed and the caption still sets the style (RESULTS.md, "The laptop melody model, aligned").
     "small-melody": TrainConfig(out_dir="out/small-melody", reuse="out/small", lm="small-melody", cond_dropout=0.2,
-                                melody_dropout=0.2),
+                                melody_dropout=0.2, input_noise=0.2, guidance=3.0),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, the 'base' LM, 10 s windows).
     "gpu": TrainConfig(
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
@@ -444,8 +444,14 @@ def build_models(config, codec, tokens, proc):
                   f"{tokenizer.vocab_size}-piece vocabulary from the captions ({spiece}); --t5 DIR: a pretrained "
                   "t5-base, as the paper")
     # The preset as named; only what the data decides changes: K and the card N come from the codec, the
-    # cross-attention input width from the text encoder, a melody model's chroma prefix from the window length.
-    melody = {"chroma_length": chroma.chroma_frames(config.segment_seconds)} if LM_PRESETS[config.lm].melody else {}
+    # cross-attention input width from the text encoder, a melody model's prefix from the window length (its chroma)
+    # and the longest caption (its text, padded to that length so that audio step t always sits at the same
+    # distance from chroma frame t).
+    melody = {}
+    if LM_PRESETS[config.lm].melody:
+        hop = round(chroma.SAMPLE_RATE / codec.frame_rate)  # one chroma frame per codec frame: 640 at 50 frames/s
+        melody = {"chroma_hop": hop, "chroma_length": chroma.chroma_frames(config.segment_seconds, hop),
+                  "text_length": tokenizer(list(tokens.captions))[0].shape[1]}
     lm = LM(lm_config(config.lm, num_codebooks=codec.num_codebooks, card=codec.codebook_size,
                       text_dim=text_encoder.config.d_model, dropout=config.dropout, **melody))
     return tokenizer, text_encoder, lm, train_text
@@ -475,9 +481,9 @@ def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True, melody=N
     every process pads to the same length. Training batches get the paper's text augmentation (word dropout,
     data.augment_caption) and condition dropout; validation batches neither.
 
-    melody (melody models): (the clips' audio, one [1, N] per entry of `tokens`, its sample rate, chroma_length).
-    Each window is conditioned on the chroma of its own audio (Paper §2.3), or on the null melody when the batch
-    drops its conditions (guidance: text and melody together) or its melody alone (melody_dropout, as audiocraft's
+    melody (melody models): as melody_source. Each window is conditioned on the chroma of its own audio (Paper
+    §2.3): the chroma frames of its clip that the window spans. Or on the null melody when the batch drops its
+    conditions (guidance: text and melody together) or its melody alone (melody_dropout, as audiocraft's
     AttributeDropout: one draw per batch, so the model also learns to follow the text with no melody)."""
     codes, captions, windows = data.token_batch(tokens, step, config.batch_size, frames,
                                                 seed=config.seed if train else config.seed + 1, augment=train)
@@ -487,25 +493,30 @@ def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True, melody=N
     drop = train and draws[0] < config.cond_dropout
     melody_chroma = None
     if melody is not None:
-        clips_audio, sample_rate, length = melody
-        hop = round(sample_rate / tokens.frame_rate)  # samples per codec frame
-        wav = torch.stack([clips_audio[clip][:, start * hop : (start + frames) * hop] for clip, start in windows[rows]])
-        melody_chroma = chroma.window_chroma(wav, sample_rate, length)  # [b, T_c, 12], the windows' own melody
+        clip_chroma, chroma_per_frame, length = melody
+        melody_chroma = torch.stack([chroma.fit_length(clip_chroma[clip][None, round(start * chroma_per_frame) :],
+                                                       length)[0] for clip, start in windows[rows]])  # [b, T_c, 12]
         if drop or (train and draws[1] < config.melody_dropout):
-            melody_chroma = chroma.null_melody(len(wav), length)
+            melody_chroma = chroma.null_melody(len(melody_chroma), length)
         melody_chroma = melody_chroma.to(proc.device)
     return (codes[rows].to(proc.device), ids[rows].to(proc.device), mask[rows].to(proc.device), bool(drop),
             melody_chroma)
 
 
 def melody_source(token_set, clips, codec, lm):
-    """What lm_batch needs to condition a melody LM's windows on their own chroma: (the audio [1, N] of each clip
-    of `token_set`, in its order; the codec's sample rate; the LM's chroma_length). None for a text LM."""
+    """What lm_batch needs to condition a melody LM's windows on their own chroma: (the one-hot chroma [T_c, 12] of
+    each clip of `token_set`, in its order; chroma frames per codec frame; the LM's chroma_length). None for a text
+    LM. Each clip's chroma is computed once, here: a window's chroma is then a slice of it (exactly its frames when,
+    as train.py builds them, the LM reads one chroma frame per codec frame), with the clip around the window as the
+    context of its first and last 0.5 s STFT windows."""
     if not lm.config.melody:
         return None
     by_id = {clip.id: clip for clip in clips}
-    audio_of_set = [data.clip_audio(by_id[i], codec.sample_rate) for i in token_set.ids]  # kept in memory by data
-    return audio_of_set, codec.sample_rate, lm.config.chroma_length
+    hop = lm.config.chroma_hop
+    clip_chroma = [chroma.chromagram(audio.resample(data.clip_audio(by_id[i], codec.sample_rate), codec.sample_rate,
+                                                    chroma.SAMPLE_RATE), chroma.SAMPLE_RATE, hop_length=hop)[0]
+                   for i in token_set.ids]  # [T_c, 12] each
+    return clip_chroma, chroma.SAMPLE_RATE / codec.frame_rate / hop, lm.config.chroma_length
 
 
 def autocast(device):
@@ -623,7 +634,7 @@ def stage_lm(config, codec, tokens, clips, proc):
         mg = MusicGen(steps.tokenizer, text_encoder, codec, lm, context_frames=steps.frames,
                       guidance=config.guidance).eval()
         export(mg, config, out / "model")
-        write_samples(mg, steps.val_set, config, out / "samples", steps.val_melody)
+        write_samples(mg, steps.val_set, config, out / "samples", clips)
     return lm
 
 
@@ -664,9 +675,9 @@ def model_card(config, folder, val):
     return "\n\n".join(lines + [usage])
 
 
-def write_samples(mg, val_set, config, folder, melody=None):
+def write_samples(mg, val_set, config, folder, clips):
     """A few clips from held-out captions, one per style, to listen to; a melody model follows the melody of the
-    clip each caption describes (melody: as melody_source)."""
+    clip each caption describes."""
     if config.samples <= 0:
         return
     by_style = {}
@@ -674,7 +685,9 @@ def write_samples(mg, val_set, config, folder, melody=None):
         by_style.setdefault(style, i)  # the first held-out clip of each style
     picks = (list(by_style.values()) * config.samples)[: config.samples]  # cycle through the styles
     prompts = [val_set.captions[i] for i in picks]
-    tunes = {} if melody is None else {"melody": [melody[0][i] for i in picks], "melody_sample_rate": melody[1]}
+    by_id = {clip.id: clip for clip in clips}
+    tunes = {"melody": [data.clip_audio(by_id[val_set.ids[i]], mg.sample_rate) for i in picks],
+             "melody_sample_rate": mg.sample_rate} if mg.lm.config.melody else {}
     t0 = time.time()
     wav = mg.generate(prompts, duration=config.sample_seconds, seed=config.seed, **tunes)  # [B, 1, N], one batch
     audio.write_clips(folder, wav, mg.sample_rate, prompts)  # 00.wav, 01.wav... and prompts.txt

@@ -3,6 +3,7 @@ codec and tokens of a text run; the chroma of each training window, condition dr
 sample.py --melody and evaluate.py melody end to end (numbers meaningless, plumbing checked)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_reuses_codec_and_tokens_and_sizes_the_prefix_for_its_windows(melody_run
     config, lm = melody_run
     out = Path(config.out_dir)
     assert not (out / "codec").exists() and not (out / "tokens.pt").exists()  # taken from the text run, not redone
-    assert lm.config.melody and lm.config.chroma_length == chroma.chroma_frames(config.segment_seconds) == 8
+    assert lm.config.melody and lm.config.chroma_length == chroma.chroma_frames(config.segment_seconds, 640) == 51
     assert losses(config)[config.max_steps] < losses(config)[1]
     sample, _ = sf.read(out / "samples" / "00.wav")
     assert len(sample) > 0
@@ -65,8 +66,26 @@ def test_reuses_codec_and_tokens_and_sizes_the_prefix_for_its_windows(melody_run
     assert f"[codec] reusing {Path(text_run.out_dir, 'codec')}" in said and "[tokens] reusing" in said
 
 
+def test_prefix_keeps_each_audio_step_at_a_fixed_distance_from_its_chroma_frame():
+    """A melody LM with text_length pads its text to it (train.py's, which also reads one chroma frame per codec
+    frame): prompts of any length give the same prefix, so audio step t always sits chroma_length + text_length
+    positions after chroma frame t. A longer prompt is refused in one line."""
+    config = musicgen.lm_config("small-melody", text_dim=32, chroma_hop=640,
+                                chroma_length=chroma.chroma_frames(2.5, 640), text_length=6)
+    assert config.chroma_length == 126  # 2.5 s at 50 frames/s, + 1: centred frames
+    lm = musicgen.LM(config)
+    for length in (1, 4, 6):
+        prefix = lm.melody_prefix(torch.randn(2, length, 32), torch.ones(2, length))
+        assert prefix.shape == (2, config.chroma_length + 6, config.dim)
+        assert torch.equal(prefix[:, config.chroma_length + length :], torch.zeros(2, 6 - length, config.dim))
+    with pytest.raises(ValueError, match="at most 6"):
+        lm.melody_prefix(torch.randn(1, 7, 32), torch.ones(1, 7))
+
+
 def test_training_chroma_is_the_chroma_of_the_window(melody_run, text_run):
-    """Each window is conditioned on the chroma of the very audio its codes encode, frame for frame."""
+    """Each window is conditioned on the chroma of the very audio its codes encode, frame for frame: one chroma
+    frame per codec frame, sliced from its clip's chroma, the same as the window's own chromagram wherever the
+    0.5 s STFT window lies inside it (at the edges the clip around the window is the context)."""
     config, lm = melody_run
     config = replace(config, cond_dropout=0.0, melody_dropout=0.0)
     clips = data.load_corpus(config, 16000)
@@ -76,17 +95,20 @@ def test_training_chroma_is_the_chroma_of_the_window(melody_run, text_run):
     frames = round(config.segment_seconds * tokens.frame_rate)
     proc = train.Processes()
     tokenizer = musicgen.MusicGen.from_pretrained(Path(config.out_dir, "model")).tokenizer
-    hop = round(codec.sample_rate / tokens.frame_rate)
+    hop = round(codec.sample_rate / tokens.frame_rate)  # samples per codec frame
+    length, chroma_hop = lm.config.chroma_length, lm.config.chroma_hop
+    assert chroma_hop * tokens.frame_rate == chroma.SAMPLE_RATE and length == frames + 1  # one frame per codec frame
+    edge = math.ceil(chroma.N_FFT / 2 / chroma_hop)  # frames whose STFT window reaches past the window's edge
+    clip_of = {c.id: c for c in clips}
     for step in range(3):
         codes, _, _, drop, melody = train.lm_batch(tokens, tokenizer, step, config, frames, proc, melody=source)
         _, _, windows = data.token_batch(tokens, step, config.batch_size, frames, seed=config.seed, augment=True)
-        clip_of = {c.id: c for c in clips}
         for row, (i, start) in zip(melody, windows):
             wav = data.clip_audio(clip_of[tokens.ids[i]], codec.sample_rate)[:, start * hop : (start + frames) * hop]
             assert wav.shape[-1] == frames * hop  # the window's audio, whole
-            expected = chroma.melody_chroma(wav, codec.sample_rate, lm.config.chroma_length)[0]
-            assert torch.equal(row, expected)
-        assert melody.shape == (config.batch_size, lm.config.chroma_length, 12) and not drop
+            own = chroma.melody_chroma(wav, codec.sample_rate, length, chroma_hop)[0]  # the window alone
+            assert torch.equal(row[edge : length - edge], own[edge : length - edge])
+        assert melody.shape == (config.batch_size, length, 12) and not drop
 
 
 def test_condition_dropout_draws_both_nulls(melody_run, text_run):
