@@ -362,12 +362,19 @@ class LM(nn.Module):
         dtype = self.chroma_proj.weight.dtype
         melody = self.chroma_proj(chroma_lib.fit_length(chroma.to(dtype), self.config.chroma_length))  # [B, 235, D]
         text, _ = self.project_condition(condition, condition_mask)  # [B, L, D], padded positions exactly 0
-        if self.config.text_length:
-            if text.shape[1] > self.config.text_length:
-                raise ValueError(f"The prompt has {text.shape[1]} pieces; this melody model reads at most "
-                                 f"{self.config.text_length}: shorten it.")
-            text = F.pad(text, (0, 0, 0, self.config.text_length - text.shape[1]))  # [B, text_length, D]
+        padding = self.prefix_length(text.shape[1]) - melody.shape[1] - text.shape[1]  # > 0: to config.text_length
+        text = F.pad(text, (0, 0, 0, padding))  # [B, max(L, text_length), D]
         return torch.cat([melody, text], dim=1)  # nothing masked: every step sees the padding (both references)
+
+    def prefix_length(self, text_length):
+        """Positions taken by a melody model's prefix for a prompt of text_length pieces (0 for a text model). A
+        prompt longer than a fixed config.text_length is refused: its steps would not sit where training put them."""
+        if not self.config.melody:
+            return 0
+        if self.config.text_length and text_length > self.config.text_length:
+            raise ValueError(f"The prompt has {text_length} pieces; this melody model reads at most "
+                             f"{self.config.text_length}: shorten it.")
+        return self.config.chroma_length + max(text_length, self.config.text_length)
 
     def embed_steps(self, sequence, offset=0, prefix=None):
         """Paper §2.4: sum of the K codebook embeddings + sinusoid of the step -> [B, (P +) S, D]."""
@@ -799,7 +806,7 @@ class MusicGen(nn.Module):
     def window_frames(self, condition, window=None, extend_stride=None):
         """(W, stride) in frames for the diagram above, from `window` and `extend_stride` in seconds (defaults: the
         model's context_frames, else 30 s, within the positions; 0.6 W)."""
-        prefix = self.lm.config.chroma_length + condition.shape[1] if self.lm.config.melody else 0
+        prefix = self.lm.prefix_length(condition.shape[1])  # a melody model's [chroma ; text], before any step
         limit = self.lm.config.max_positions - self.lm.config.levels - prefix  # T + K (+ prefix) steps fit
         frames = min(self.context_frames or round(TRAINED_SECONDS * self.frame_rate), limit)
         frames = frames if window is None else audio.duration_to_frames(window, self.frame_rate)

@@ -80,6 +80,7 @@ def test_prefix_keeps_each_audio_step_at_a_fixed_distance_from_its_chroma_frame(
         assert torch.equal(prefix[:, config.chroma_length + length :], torch.zeros(2, 6 - length, config.dim))
     with pytest.raises(ValueError, match="at most 6"):
         lm.melody_prefix(torch.randn(1, 7, 32), torch.ones(1, 7))
+    assert lm.prefix_length(4) == config.chroma_length + 6  # what generation sizes its windows by, checked first
 
 
 def test_training_chroma_is_the_chroma_of_the_window(melody_run, text_run):
