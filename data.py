@@ -297,8 +297,10 @@ def fingerprint(codec, clips):
     for name, tensor in sorted(codec.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for c in clips:  # the file size catches a re-rendered or re-converted WAV under the same name
-        h.update(f"{c.id}|{c.path}|{c.caption}|{c.split}|{os.path.getsize(c.path)}".encode())
+    # Each clip by its file's name and size, not its whole path: the same corpus cached under another folder
+    # (`cache` or `/home/me/musicgen/cache`) is the same clips. The size catches a re-rendered or re-converted WAV.
+    for c in clips:
+        h.update(f"{c.id}|{Path(c.path).name}|{c.caption}|{c.split}|{os.path.getsize(c.path)}".encode())
     return h.hexdigest()
 
 

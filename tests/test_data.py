@@ -1,7 +1,10 @@
 """data.py: deterministic splits, your own folder, stateless batches, the token cache, caption augmentation, clear
 errors. (The corpora we render ourselves, and synth.py, are tested in test_corpus.py.)"""
 
+import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,8 +110,15 @@ def test_tokenize_caches_and_token_batches_are_stateless(corpus, codec, tmp_path
         m.setattr(codec, "encode", lambda *a, **k: pytest.fail("re-encoded although nothing changed"))
         again = data.tokenize(codec, clips, path)
     assert all(torch.equal(x, y) for x, y in zip(again.codes, tokens.codes))
-    # ... but rebuilt when the clip list (or any weight) changes.
+    # ... nor for the same clips cached under another folder (train.py --reuse from another working directory) ...
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(Path(clips[0].path).parent, moved)
+    elsewhere = [dataclasses.replace(c, path=str(moved / Path(c.path).name)) for c in clips]
+    assert data.fingerprint(codec, elsewhere) == data.fingerprint(codec, clips)
+    # ... but rebuilt when the clip list (or any weight) changes, or a file is rendered again to another length.
     assert len(data.tokenize(codec, clips[:5], path).codes) == 5
+    sf.write(elsewhere[0].path, np.zeros(SR // 2, dtype=np.float32), SR)
+    assert data.fingerprint(codec, elsewhere) != data.fingerprint(codec, clips)
 
     train = tokens.select("train")
     assert set(train.splits) == {"train"} and len(train.codes) == 9
