@@ -298,7 +298,7 @@ def validation_loss(mg, clips, segment_seconds=5.0, batch=8):
 
 
 @torch.no_grad()
-def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
+def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10, captions="valid"):
     """Does the generated music have the prompted style, and does it move like the music it learnt from? Generate
     from held-out captions of each style, let two judges label the results, and count their note events.
 
@@ -322,12 +322,13 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10):
     codec_judge = StyleClassifier(styles).fit(features(judge_crops(mg, train, n, True)[0], sr), train_styles)
     real, valid_styles = judge_crops(mg, valid, n)
     reconstructed, _ = judge_crops(mg, valid, n, through_codec=True)
-    picks = prompt_clips(clips, styles, per_style)
+    picks = prompt_clips(clips, styles, per_style, captions)
     prompts, truth = [c.caption for c in picks], [c.style for c in picks]
     generated = generate_clips(mg, prompts, seconds, seed, batch)  # [M, n]
     x_real, x_codec, x_generated = features(real, sr), features(reconstructed, sr), features(generated, sr)
     predicted = codec_judge.predict(x_generated)  # the headline number uses the codec judge
-    return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts),
+    return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts), "guidance": mg.guidance,
+            "captions": SPLITS[captions],
             "judge_accuracy_real": accuracy(real_judge.predict(x_real), valid_styles),
             "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), valid_styles),
             "accuracy_generated_real_judge": accuracy(real_judge.predict(x_generated), truth),
@@ -352,12 +353,16 @@ def judge_crops(mg, clips, n, through_codec=False):
     return torch.cat(x), y
 
 
-def prompt_clips(clips, styles, per_style):
-    """per_style clips of each style whose captions prompt the LM, held-out ones first (cycled if too few): the
-    same number per style, so an accuracy weighs every style equally."""
+SPLITS = {"valid": "held-out", "train": "training"}  # whose captions prompt the LM (--captions)
+
+
+def prompt_clips(clips, styles, per_style, split="valid"):
+    """per_style clips of each style whose captions prompt the LM, those of `split` first (held-out ones, or the
+    training ones to choose sampling settings without looking at the held-out clips; cycled if too few): the same
+    number per style, so an accuracy weighs every style equally."""
     picks = []
     for style in styles:
-        pool = [c for c in clips if c.style == style and c.split == "valid"] or [c for c in clips if c.style == style]
+        pool = [c for c in clips if c.style == style and c.split == split] or [c for c in clips if c.style == style]
         picks += [pool[i % len(pool)] for i in range(per_style)]
     return picks
 
@@ -408,7 +413,7 @@ def chroma_similarity(reference, generated, sample_rate):
 
 
 @torch.no_grad()
-def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed=0, batch=10):
+def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed=0, batch=10, captions="valid"):
     """SIM between the melody of held-out clips (their first `seconds`) and music generated from their captions:
 
         given       the melody model, given the clip's own melody: it should follow it (paper: 0.66)
@@ -421,7 +426,7 @@ def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed
     its accuracy on `given` and `mismatched` next to the text model's."""
     sr, n = mg.sample_rate, int(seconds * mg.sample_rate)
     styles = sorted({c.style for c in clips if c.style})
-    picks = prompt_clips(clips, styles, per_style)  # per_style clips of each style, held-out first
+    picks = prompt_clips(clips, styles, per_style, captions)  # per_style clips of each style, held-out first
     prompts, truth = [c.caption for c in picks], [c.style for c in picks]
     tunes = [data.clip_audio(c, sr)[:, :n] for c in picks]  # [1, n] each: the reference melodies
     references = torch.cat(tunes)  # [M, n]
@@ -434,8 +439,8 @@ def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed
         generated["text_only"] = generate_clips(text_model, prompts, seconds, seed, batch)
     train_crops, train_styles = judge_crops(mg, data.select(clips, "train"), n, through_codec=True)
     judge = StyleClassifier(styles).fit(features(train_crops, sr), train_styles)
-    out = {"styles": styles, "clips": len(picks), "seconds": seconds, "sim": {}, "sim_by_style": {},
-           "style_accuracy": {}}
+    out = {"styles": styles, "clips": len(picks), "captions": SPLITS[captions], "seconds": seconds,
+           "guidance": [mg.guidance, mg.melody_guidance], "sim": {}, "sim_by_style": {}, "style_accuracy": {}}
     for name, wav in generated.items():
         sim = chroma_similarity(references, wav, sr)  # [M]
         out["sim"][name] = float(sim.mean())
@@ -473,7 +478,8 @@ def print_lm(r):
         p = r["prompt_following"]
         pct = lambda key: f"{100 * p[key]:6.1f} %"  # noqa: E731
         print(f"  prompt following: {len(p['styles'])} styles, chance {100 * p['chance']:.1f} %, "
-              f"{p['generated']} generated clips, target >= 70 %")
+              f"{p['generated']} clips generated from {p['captions']} captions with guidance {p['guidance']:g}, "
+              "target >= 70 %")
         print(f"    real-audio judge:  held-out real clips {pct('judge_accuracy_real')}, their codec reconstructions "
               f"{pct('judge_accuracy_codec_ceiling')}, generated clips {pct('accuracy_generated_real_judge')}")
         print(f"    codec judge:       held-out reconstructions {pct('codec_judge_accuracy')}, "
@@ -500,14 +506,23 @@ def print_note_events(r, styles):
 
 def print_melody(r):
     """SIM per condition (and style), with the codec judge's style accuracy of the same clips."""
-    print(f"melody following: chroma cosine similarity SIM (Paper §4.2), {r['clips']} held-out clips of "
-          f"{r['seconds']:g} s, {len(r['styles'])} styles")
+    text, melody = r["guidance"]
+    print(f"melody following: chroma cosine similarity SIM (Paper §4.2), {r['clips']} {r['captions']} clips of "
+          f"{r['seconds']:g} s, {len(r['styles'])} styles; guidance {text:g}"
+          + ("" if melody is None else f", the melody's {melody:g}"))
     print(" " * 40 + "SIM   style judge   " + " ".join(f"{s[:7]:>7}" for s in r["styles"]))
     labels = {"given": "(a) melody model, its own melody", "null": "(b) melody model, null melody",
               "mismatched": "(c) melody model, another melody", "text_only": "(d) text-only model"}
     for name, sim in r["sim"].items():
         print(f"  {labels[name]:<36} {sim:5.3f}   {100 * r['style_accuracy'][name]:6.1f} %    "
               + " ".join(f"{r['sim_by_style'][name][s]:7.3f}" for s in r["styles"]))
+
+
+def with_guidance(mg, args):
+    """The model with --cfg / --melody-cfg in place of its own guidance defaults (those not given stay)."""
+    mg.guidance = mg.guidance if args.cfg is None else args.cfg
+    mg.melody_guidance = mg.melody_guidance if args.melody_cfg is None else args.melody_cfg
+    return mg
 
 
 CORPUS_OPTIONS = ("data", "cache_dir", "clip_seconds", "clips_per_style", "seed")  # what data.load_corpus reads
@@ -548,6 +563,12 @@ def main(argv=None):
     parser.add_argument("--per-style", type=int, default=24,
                         help="generated clips per style (24 x 5 styles: the accuracy is known to about ±4 points)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of generated / judged clips")
+    parser.add_argument("--captions", default="valid", choices=["valid", "train"],
+                        help="lm, melody: prompt with held-out captions (and melodies), or training ones, to choose "
+                             "--cfg and the like without looking at the held-out clips")
+    parser.add_argument("--cfg", type=float, help="lm, melody: guidance instead of the model's, as sample.py --cfg")
+    parser.add_argument("--melody-cfg", type=float,
+                        help="melody: the melody's own guidance instead of the model's, as sample.py --melody-cfg")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
     parser.add_argument("--text-model", default="out/small/model",
                         help="melody: the text-only model to compare with (skipped with a notice if absent)")
@@ -576,16 +597,18 @@ def main(argv=None):
             from musicgen import MusicGen
 
             mg = MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device)
+            with_guidance(mg, args)
             clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
             if not args.no_generate:
-                r["prompt_following"] = prompt_following(mg, clips, args.per_style, args.seconds, args.seed)
+                r["prompt_following"] = prompt_following(mg, clips, args.per_style, args.seconds, args.seed,
+                                                         captions=args.captions)
             results["lm"] = r
             print_lm(r)
         if args.what == "melody":
             from musicgen import MusicGen
 
-            mg = MusicGen.from_pretrained(args.model, device).to(device)
+            mg = with_guidance(MusicGen.from_pretrained(args.model, device).to(device), args)
             if not mg.lm.config.melody:
                 raise ValueError(f"{args.model} is a text-only model: pass a melody model (train.py --config "
                                  "small-melody writes out/small-melody/model)")
@@ -598,7 +621,8 @@ def main(argv=None):
             else:
                 print(f"note: no text-only model at {args.text_model}: (d) skipped (--text-model DIR)", file=sys.stderr)
             clips = data.load_corpus(args, mg.sample_rate)
-            results["melody"] = melody_following(mg, clips, text_model, args.per_style, args.seconds, args.seed)
+            results["melody"] = melody_following(mg, clips, text_model, args.per_style, args.seconds, args.seed,
+                                                 captions=args.captions)
             print_melody(results["melody"])
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate.py: {e}")  # one line the user can act on, no traceback

@@ -493,9 +493,18 @@ class LM(nn.Module):
 
 # ============================================================================ 4. generation, Paper §3.1
 # One step: last step's logits -> guidance -> temperature -> top-k (or top-p) -> sample, each a small pure function.
-def guided_logits(logits, cfg_coef):
+def guided_logits(logits, cfg_coef, melody_coef=None):
     """Classifier-free guidance (Paper §3.1), [cond; uncond] logits [2B, ...] -> [B, ...], on the raw logits before
-    temperature and top-k as in transformers' `generation/logits_process.py` and `audiocraft/models/lm.py`."""
+    temperature and top-k as in transformers' `generation/logits_process.py` and `audiocraft/models/lm.py`.
+
+    With melody_coef (a melody model given a melody and a caption), [cond; uncond; melody alone] [3B, ...]: each
+    condition gets its own scale, uncond + melody_coef (melody - uncond) + cfg_coef (cond - melody), as
+    InstructPix2Pix guides by image and text (Brooks et al. 2023, eq. 3). Plain guidance scales the melody and the
+    text together: a scale high enough for the caption to set the style follows the melody too literally.
+    Equal scales give plain guidance."""
+    if melody_coef is not None:
+        cond, uncond, melody = logits.chunk(3)
+        return uncond + melody_coef * (melody - uncond) + cfg_coef * (cond - melody)
     # --- exercise: guidance ---
     cond, uncond = logits.chunk(2)
     return uncond + cfg_coef * (cond - uncond)
@@ -541,19 +550,25 @@ def start_sequence(lm, batch, frames, device, prompt=None):
     return seq, 1 + (0 if prompt is None else prompt.shape[-1])  # 1, or just after a prompt
 
 
-def with_null_condition(condition, condition_mask, cfg_coef, chroma=None):
-    """(condition, mask, guided, chroma): the null condition appended for guidance, built as in transformers'
-    MusicgenForConditionalGeneration.generate and audiocraft's ClassifierFreeGuidanceDropout (conditioners.py)."""
+def with_null_condition(condition, condition_mask, cfg_coef, chroma=None, melody_coef=None):
+    """(condition, mask, chroma, guidance): the conditions of guidance's branches, [cond; uncond] (or [cond; uncond;
+    melody alone], see guided_logits) stacked along the batch, and guided_logits' scales ({}: one branch, no
+    guidance). The null condition is built as in transformers' MusicgenForConditionalGeneration.generate and
+    audiocraft's ClassifierFreeGuidanceDropout (conditioners.py). melody_coef None: the melody's scale is cfg_coef."""
     no_text = not bool(condition_mask.any())
     null_melody = None if chroma is None else chroma_lib.null_melody(*chroma.shape[:2], chroma.device).to(chroma.dtype)
     no_melody = chroma is None or torch.equal(chroma, null_melody)
-    if cfg_coef == 1 or (no_text and no_melody):  # every prompt is already unconditional
-        return condition, condition_mask, False, chroma
-    condition = torch.cat([condition, torch.zeros_like(condition)])  # the null condition: zero text, mask 0
-    condition_mask = torch.cat([condition_mask, torch.zeros_like(condition_mask)])
+    melody_coef = cfg_coef if melody_coef is None or no_melody else melody_coef
+    cfg_coef = melody_coef if no_text else cfg_coef  # a melody alone: guided by its own scale
+    if cfg_coef == melody_coef == 1 or (no_text and no_melody):  # no guidance, or nothing to guide by
+        return condition, condition_mask, chroma, {}
+    apart = melody_coef != cfg_coef  # a third branch, melody alone: zero text, the melody
+    nulls = 2 if apart else 1
+    condition = torch.cat([condition] + [torch.zeros_like(condition)] * nulls)  # the null text: zeros, mask 0
+    condition_mask = torch.cat([condition_mask] + [torch.zeros_like(condition_mask)] * nulls)
     if chroma is not None:
-        chroma = torch.cat([chroma, null_melody])  # and the null melody, one-hot C in every frame
-    return condition, condition_mask, True, chroma
+        chroma = torch.cat([chroma, null_melody] + [chroma] * apart)  # the null melody: one-hot C in every frame
+    return condition, condition_mask, chroma, dict(cfg_coef=cfg_coef, melody_coef=melody_coef if apart else None)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -571,10 +586,10 @@ def finished_frames(seq, channels):  # delayed sequence [B, K, S] -> codes [B, K
     return codes[:, :, : int(done.sum())]
 
 
-def next_tokens(logits, due, guided, cfg_coef, sampling):  # last step's logits [2B or B, K, N] -> tokens [B, K]
+def next_tokens(logits, due, guidance, sampling):  # last step's logits [B per branch, K, N] -> tokens [B, K]
     logits = logits.float()  # guidance and sampling in fp32 even when the LM runs in bf16
-    if guided:
-        logits = guided_logits(logits, cfg_coef)
+    if guidance:
+        logits = guided_logits(logits, **guidance)
     picked = sample_tokens(logits, **sampling)
     return torch.where(due == UNKNOWN, picked, due)  # known tokens (specials, a prompt's) stay
 
@@ -583,32 +598,36 @@ def next_tokens(logits, due, guided, cfg_coef, sampling):  # last step's logits 
 # T frames take T + K - 1 forward passes (steps 1..T + K - 1 of the diagram in section 1; K levels for stereo).
 @torch.inference_mode()
 def generate_reference(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, chroma=None,
-                       prompt=None, **sampling):
+                       prompt=None, melody_coef=None, **sampling):
     """The plain loop: the whole growing sequence goes through the LM at every step (quadratic, but obviously
     right) -> codes [B, K, frames], starting with a prompt's [B, K, T_p]. sampling: see sample_tokens."""
     seq, start = start_sequence(lm, condition.shape[0], frames, condition.device, prompt)  # [B, K, T + K]
-    condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
+    condition, condition_mask, chroma, guidance = with_null_condition(condition, condition_mask, cfg_coef, chroma,
+                                                                      melody_coef)
+    branches = condition.shape[0] // seq.shape[0]  # 1, 2 or 3 (see guided_logits)
     for s in range(start, seq.shape[-1]):
-        x = seq[:, :, :s]
-        logits = lm(torch.cat([x, x]) if guided else x, condition, condition_mask, chroma)[:, :, -1]  # [2B, K, N]
-        seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
+        x = seq[:, :, :s].repeat(branches, 1, 1)  # every branch continues the same sequence
+        logits = lm(x, condition, condition_mask, chroma)[:, :, -1]  # [branches * B, K, N]
+        seq[:, :, s] = next_tokens(logits, seq[:, :, s], guidance, dict(sampling, generator=generator))
     return revert_channel_delay(seq, lm.config.audio_channels)
 
 
 @torch.inference_mode()
 def generate(lm, condition, condition_mask, frames, cfg_coef=3.0, generator=None, on_step=None, chroma=None,
-             prompt=None, **sampling):
-    """The fast loop: one new step per forward pass with a KV cache, the conditional and unconditional branches as
-    one batch [cond; uncond]. Same tokens as generate_reference. -> codes [B, K, frames]; on_step() after each
-    step; Ctrl-C raises Interrupted with the frames finished so far."""
+             prompt=None, melody_coef=None, **sampling):
+    """The fast loop: one new step per forward pass with a KV cache, guidance's branches as one batch [cond; uncond]
+    (or [cond; uncond; melody alone]). Same tokens as generate_reference. -> codes [B, K, frames]; on_step() after
+    each step; Ctrl-C raises Interrupted with the frames finished so far."""
     seq, start = start_sequence(lm, condition.shape[0], frames, condition.device, prompt)
-    condition, condition_mask, guided, chroma = with_null_condition(condition, condition_mask, cfg_coef, chroma)
+    condition, condition_mask, chroma, guidance = with_null_condition(condition, condition_mask, cfg_coef, chroma,
+                                                                      melody_coef)
+    branches = condition.shape[0] // seq.shape[0]  # 1, 2 or 3 (see guided_logits)
     try:
         cache = lm.new_cache(condition, condition_mask, max_steps=seq.shape[-1], chroma=chroma)
         x = seq[:, :, :start]  # every known step (step 0 or the prompt's, plus a melody prefix) goes in first
         for s in range(start, seq.shape[-1]):
-            logits = lm.decode(torch.cat([x, x]) if guided else x, cache)  # [2B, K, N]
-            seq[:, :, s] = next_tokens(logits, seq[:, :, s], guided, cfg_coef, dict(sampling, generator=generator))
+            logits = lm.decode(x.repeat(branches, 1, 1), cache)  # [branches * B, K, N]
+            seq[:, :, s] = next_tokens(logits, seq[:, :, s], guidance, dict(sampling, generator=generator))
             x = seq[:, :, s : s + 1]  # then only the newest step
             if on_step is not None:
                 on_step()
@@ -658,12 +677,14 @@ class MusicGen(nn.Module):
     """Text prompts (+ a melody, + an audio prompt) -> T5 -> LM (delay pattern, guidance) -> EnCodec -> waveform.
     Build it from parts (a fresh LM for training) or with from_pretrained; its generation defaults travel with it."""
 
-    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None, guidance=None):
+    def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None, guidance=None,
+                 melody_guidance=None):
         super().__init__()
         self.tokenizer, self.text_encoder, self.codec, self.lm = tokenizer, text_encoder, codec, lm
         self.context_frames = context_frames  # the window: the longest stretch the LM trained on (None: 30 s)
         self.top_k = default_top_k(codec.codebook_size) if top_k is None else top_k
         self.guidance = 3.0 if guidance is None else guidance  # Paper §3.1: 3.0 for the released models
+        self.melody_guidance = melody_guidance  # a melody's own scale (guided_logits); None: guidance, as released
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate  # 32000 and 50 for the released
         self.audio_channels = lm.config.audio_channels  # 2 for a stereo model: the mono codec runs on each channel
         if codec.num_codebooks != lm.config.levels or codec.codebook_size != lm.config.card:
@@ -701,7 +722,7 @@ class MusicGen(nn.Module):
         lm.load_hf_state_dict(tensors, f"{model_dir} (decoder)")  # what is left: the LM's tensors
         if quantize == "int8":  # from the float32 weights as saved, before any cast to dtype
             int8.quantize_lm(lm)
-        generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance
+        generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance(s)
         # T5 and the codec stay in float32: T5's activations overflow float16, and both run once per clip
         return cls(tokenizer, text_encoder, codec, lm.to(dtype), **generation).eval().to(device)
 
@@ -715,7 +736,7 @@ class MusicGen(nn.Module):
         """config.json, generation_config.json, model.safetensors, spiece.model: read back by from_pretrained and
         transformers (MusicgenForConditionalGeneration, MusicgenMelodyFor... for a melody model)."""
         generation = checkpoints.generation_to_hf(self.lm.special, self.lm.config.levels, self.context_frames,
-                                                  self.top_k, self.guidance)
+                                                  self.top_k, self.guidance, self.melody_guidance)
         checkpoints.save_musicgen(model_dir, self.hf_config(), generation, self.hf_state_dict())
         self.tokenizer.save_pretrained(model_dir)
 
@@ -821,7 +842,7 @@ class MusicGen(nn.Module):
         return frames, stride
 
     def generate_tokens(self, prompts, frames, *,
-                        cfg_coef=None, top_k=None,  # guidance and sampling cut-off; None: the model's
+                        cfg_coef=None, melody_coef=None, top_k=None,  # guidance(s), sampling cut-off; None: model's
                         top_p=0.0, temperature=1.0,  # nucleus mass (> 0 replaces top-k); temperature 0 = greedy
                         seed=None, progress=False,  # reproducible sampling; True, or progress(step, total): Progress
                         melody=None, melody_sample_rate=None,  # a tune to follow (melody models; none: the null one)
@@ -840,6 +861,7 @@ class MusicGen(nn.Module):
                              f"duration, and use a prompt shorter than the {window / self.frame_rate:.2f} s window.")
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         cfg_coef = self.guidance if cfg_coef is None else cfg_coef
+        melody_coef = self.melody_guidance if melody_coef is None else melody_coef
         sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p)
         spans = window_spans(frames, window, stride, codes.shape[-1])
         K = self.lm.config.levels  # a window of T frames, T_p of them known, takes T + K - 1 - T_p steps
@@ -847,7 +869,8 @@ class MusicGen(nn.Module):
         try:
             for start, end, known in spans:  # each window's prompt: the audio prompt, then the last window - stride
                 new = generate(self.lm, condition, mask, end - start, cfg_coef, generator, counter,
-                               chroma=self.melody_window(melodies, start), prompt=codes[:, :, start:], **sampling)
+                               chroma=self.melody_window(melodies, start), prompt=codes[:, :, start:],
+                               melody_coef=melody_coef, **sampling)
                 codes = torch.cat([codes[:, :, :start], new], dim=-1)  # new repeats the prompt it was given
         except Interrupted as stop:  # Ctrl-C: the earlier windows' frames + this one's finished ones
             raise Interrupted(torch.cat([codes[:, :, :start], stop.codes], dim=-1)) from None

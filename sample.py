@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn at random and recorded)")
     # guidance: 1 = off; higher follows the prompt more closely, at some cost in variety
     p.add_argument("--cfg", type=float, default=None, help="guidance coefficient, 1 = off (default: the model's)")
+    p.add_argument("--melody-cfg", type=float, default=None,
+                   help="with --melody and a prompt: the melody's own guidance, --cfg then the text's (default: the "
+                        "model's; else --cfg for both)")
     # top-k: smaller is safer, larger more varied
     p.add_argument("--top-k", type=int, default=None, help="keep the k likeliest codes, 0 = all (default: the model's)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass, e.g. 0.9; > 0 replaces top-k")
@@ -116,8 +119,12 @@ def check_settings(args):
         fail(f"--threads {args.threads} is below 1; pass 1 or more, or leave it out for one per core")
     # below 1, guidance moves the logits away from the conditional ones (Paper §3.1's formula allows it), i.e. away
     # from the prompt: allowed, as an experiment, but probably not what was meant
-    if args.cfg is not None and args.cfg < 1:
-        audio.notice(f"--cfg {args.cfg} is below 1: that steers away from the prompt (1 = no guidance, 3 = default).")
+    for flag, value in (("--cfg", args.cfg), ("--melody-cfg", args.melody_cfg)):
+        if value is not None and value < 1:
+            audio.notice(f"{flag} {value} is below 1: that steers away from the prompt (1 = no guidance, 3 = "
+                         "default).")
+    if args.melody_cfg is not None and not args.melody:
+        fail("--melody-cfg guides by a melody; pass --melody FILE too, or drop --melody-cfg")
     if args.download and not checkpoints.is_hub_id(args.model):  # only a hub id has something to download
         fail(f"--download needs a hub id owner/name as --model, not {args.model}; e.g. facebook/musicgen-small")
     if args.plot:
@@ -209,7 +216,8 @@ def generate(mg, prompts, args, seed, melody, clip):
     """All prompts in one batch -> (waveforms [B, C, N], C = 2 for a stereo model, partial): the whole clips, or
     after Ctrl-C the frames finished so far (partial = True). Ctrl-C before the first frame exits at once."""
     try:
-        wav = mg.generate(prompts, duration=args.duration, cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p,
+        wav = mg.generate(prompts, duration=args.duration, cfg_coef=args.cfg, melody_coef=args.melody_cfg,
+                          top_k=args.top_k, top_p=args.top_p,
                           temperature=args.temperature, seed=seed, progress=True, melody=melody[0],
                           melody_sample_rate=melody[1], prompt_audio=clip[0], prompt_sample_rate=clip[1],
                           window=args.window, extend_stride=args.extend_stride)  # [B, C, N]
@@ -250,8 +258,10 @@ def main(argv=None):
 
     # Every setting that made the clip, the model's defaults resolved, goes into a .json beside each WAV.
     generated = wav.shape[-1] / mg.sample_rate
+    melody_cfg = mg.melody_guidance if args.melody_cfg is None else args.melody_cfg
     settings = {"model": str(args.model), "duration": generated, "seed": seed, "partial": partial,
                 "cfg": mg.guidance if args.cfg is None else args.cfg,
+                "melody_cfg": melody_cfg if args.melody else None,  # None: guided by cfg, with the text
                 "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
                 "temperature": args.temperature, "melody": args.melody, "continue": args.continue_from,
                 "window": args.window, "extend_stride": args.extend_stride, "batch_size": len(prompts),

@@ -134,7 +134,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this")
     cond_dropout: float = opt(0.3, "probability of training a batch without its condition (guidance, Paper §3.1)")
     melody_dropout: float = opt(0.5, "melody LMs: probability of a batch with the null melody (text only; audiocraft)")
+    text_dropout: float = opt(0.0, "melody LMs: probability of a batch with its melody but no text (melody_guidance)")
     guidance: float = opt(6.0, "the exported model's default guidance (Paper: 3); raise it if samples ignore prompts")
+    melody_guidance: float = opt(0.0, "melody LMs: the exported model's guidance for the melody (0: as guidance)")
     # bookkeeping
     log_every: int = opt(10, "steps between log lines (log.jsonl, codec_log.jsonl)")
     eval_every: int = opt(100, "steps between validation losses")
@@ -155,10 +157,12 @@ CONFIGS = {
         samples=1, sample_seconds=1.0),
     # The melody model (Paper §2.3) on the laptop: the codec and tokens of `small` (trained here if that run is not
     # done), an LM that reads [chroma ; text] as a prefix; audiocraft's guidance dropout (0.2), the melody dropped in
-    # 0.2 of the batches rather than its 0.5, twice small's input noise and guidance 3 (the paper's): the melody is
-    # followed and the caption still sets the style (RESULTS.md, "The laptop melody model, aligned").
+    # 0.2 of the batches rather than its 0.5, the text alone in 0.2 of those that keep their melody, twice small's
+    # input noise; guided apart, the melody by 4 and the text by 6 (small's; chosen on training captions): the melody
+    # is followed and the caption still sets the style (RESULTS.md, "The melody model guided apart").
     "small-melody": TrainConfig(out_dir="out/small-melody", reuse="out/small", lm="small-melody", cond_dropout=0.2,
-                                melody_dropout=0.2, input_noise=0.2, guidance=3.0),
+                                melody_dropout=0.2, text_dropout=0.2, input_noise=0.2, guidance=6.0,
+                                melody_guidance=4.0),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, the 'base' LM, 10 s windows).
     "gpu": TrainConfig(
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
@@ -204,9 +208,10 @@ def parse_args(argv=None):
 RANGES = {"greater than 0": (lambda v: v > 0, "clip_seconds clips_per_style codec_steps codec_batch codec_crop_seconds "
                              "codec_lr vocab_size batch_size segment_seconds max_steps lr grad_clip guidance log_every "
                              "eval_every eval_batches ckpt_every sample_seconds"),
-          "0 or more": (lambda v: v >= 0, "threads codec_clips_per_style warmup_steps min_lr weight_decay samples"),
+          "0 or more": (lambda v: v >= 0, "threads codec_clips_per_style warmup_steps min_lr weight_decay samples "
+                                         "melody_guidance"),
           "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_warmup dropout input_noise cond_dropout "
-                                                                          "melody_dropout beta2")}
+                                                                          "melody_dropout text_dropout beta2")}
 
 
 def check_config(config):
@@ -484,12 +489,14 @@ def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True, melody=N
     melody (melody models): as melody_source. Each window is conditioned on the chroma of its own audio (Paper
     §2.3): the chroma frames of its clip that the window spans. Or on the null melody when the batch drops its
     conditions (guidance: text and melody together) or its melody alone (melody_dropout, as audiocraft's
-    AttributeDropout: one draw per batch, so the model also learns to follow the text with no melody)."""
+    AttributeDropout: one draw per batch, so the model also learns to follow the text with no melody). Of the batches
+    that keep their melody, text_dropout drop their text alone: the melody-only branch of separate guidance
+    (musicgen.guided_logits), a case audiocraft's two dropouts never draw."""
     codes, captions, windows = data.token_batch(tokens, step, config.batch_size, frames,
                                                 seed=config.seed if train else config.seed + 1, augment=train)
     ids, mask = tokenizer(captions)  # [B, L]: padded to the longest caption of the global batch
     rows = slice(proc.rank * len(captions) // proc.world, (proc.rank + 1) * len(captions) // proc.world)
-    draws = np.random.default_rng([config.seed, step, 1]).random(2)  # one draw a batch each
+    draws = np.random.default_rng([config.seed, step, 1]).random(3)  # one draw a batch each
     drop = train and draws[0] < config.cond_dropout
     melody_chroma = None
     if melody is not None:
@@ -498,6 +505,8 @@ def lm_batch(tokens, tokenizer, step, config, frames, proc, train=True, melody=N
                                                        length)[0] for clip, start in windows[rows]])  # [b, T_c, 12]
         if drop or (train and draws[1] < config.melody_dropout):
             melody_chroma = chroma.null_melody(len(melody_chroma), length)
+        elif train and draws[2] < config.text_dropout:
+            drop = True  # the text alone: the melody stays
         melody_chroma = melody_chroma.to(proc.device)
     return (codes[rows].to(proc.device), ids[rows].to(proc.device), mask[rows].to(proc.device), bool(drop),
             melody_chroma)
@@ -632,7 +641,7 @@ def stage_lm(config, codec, tokens, clips, proc):
     if proc.main:  # the weights are the same in every process: one export
         # generate with windows no longer than the training windows: positions beyond them were never trained
         mg = MusicGen(steps.tokenizer, text_encoder, codec, lm, context_frames=steps.frames,
-                      guidance=config.guidance).eval()
+                      guidance=config.guidance, melody_guidance=config.melody_guidance or None).eval()
         export(mg, config, out / "model")
         write_samples(mg, steps.val_set, config, out / "samples", clips)
     return lm

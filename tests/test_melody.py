@@ -188,15 +188,57 @@ def test_the_melody_changes_the_logits_and_nothing_is_nan(tiny_mg, melodies):
     assert not torch.equal(tunes[0], tunes[1])
 
 
-def test_cached_and_reference_loops_agree_with_a_prefix():
+def melody_inputs():  # a tiny melody LM, two captions and two tunes
     torch.manual_seed(0)
     lm = M.LM(M.lm_config("tiny-melody", text_dim=32)).eval()
     condition, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     melody = chroma.melody_chroma(torch.stack([tune([60, 62]), tune([70, 65])])[:, None], SR)
+    return lm, condition, mask, melody
+
+
+@pytest.mark.parametrize("melody_coef", [None, 1.5])  # [cond; uncond], or [cond; uncond; melody alone]
+def test_cached_and_reference_loops_agree_with_a_prefix(melody_coef):
+    lm, condition, mask, melody = melody_inputs()
     prompt = torch.randint(0, 64, (2, 4, 3))
-    runs = [loop(lm, condition, mask, 10, cfg_coef=3.0, temperature=0, chroma=melody, prompt=prompt)
-            for loop in (M.generate_reference, M.generate)]
+    runs = [loop(lm, condition, mask, 10, cfg_coef=3.0, temperature=0, chroma=melody, prompt=prompt,
+                 melody_coef=melody_coef) for loop in (M.generate_reference, M.generate)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0][:, :, :3], prompt)
+
+
+def test_melody_and_text_guided_apart():
+    """[cond; uncond; melody alone] -> uncond + 3 (melody - uncond) + 6 (cond - melody); equal scales are plain
+    guidance, built with two branches; a melody without text is guided by the melody's scale."""
+    lm, condition, mask, melody = melody_inputs()
+    null = chroma.null_melody(2, melody.shape[1])
+    conditions, masks, melodies, guidance = M.with_null_condition(condition, mask, 6.0, melody, melody_coef=3.0)
+    assert guidance == {"cfg_coef": 6.0, "melody_coef": 3.0} and len(conditions) == 6
+    assert torch.equal(conditions[:2], condition) and not conditions[2:].any() and not masks[2:].any()
+    assert torch.equal(melodies[:2], melody) and torch.equal(melodies[2:4], null) and torch.equal(melodies[4:], melody)
+    seq = torch.randint(0, 64, (2, 4, 6))
+    with torch.no_grad():
+        three = lm(seq.repeat(3, 1, 1), conditions, masks, melodies)
+    cond, uncond, alone = three.chunk(3)
+    assert not torch.allclose(alone, uncond) and not torch.allclose(alone, cond)  # three different branches
+    torch.testing.assert_close(M.guided_logits(three, **guidance), uncond + 3 * (alone - uncond) + 6 * (cond - alone))
+    torch.testing.assert_close(M.guided_logits(three, 3.0, 3.0), M.guided_logits(torch.cat([cond, uncond]), 3.0))
+    assert len(M.with_null_condition(condition, mask, 3.0, melody, melody_coef=3.0)[0]) == 4
+    no_text = M.with_null_condition(condition * 0, mask * 0, 6.0, melody, melody_coef=3.0)
+    assert len(no_text[0]) == 4 and no_text[3] == {"cfg_coef": 3.0, "melody_coef": None}
+    assert M.with_null_condition(condition * 0, mask * 0, 6.0, melody, melody_coef=1.0)[3] == {}  # nothing to do
+
+
+def test_melody_guidance_travels_with_the_checkpoint(tiny_mg, melodies, tmp_path):
+    mg = tiny_mg
+    assert mg.melody_guidance is None  # released models: one scale for both
+    mg.melody_guidance = 1.5
+    apart = mg.generate_tokens(PROMPTS, 6, temperature=0, melody=melodies, melody_sample_rate=SR)
+    assert torch.equal(apart, mg.generate_tokens(PROMPTS, 6, temperature=0, melody=melodies, melody_sample_rate=SR,
+                                                 melody_coef=1.5))
+    assert not torch.equal(apart, mg.generate_tokens(PROMPTS, 6, temperature=0, melody=melodies,
+                                                     melody_sample_rate=SR, melody_coef=mg.guidance))
+    mg.save_pretrained(tmp_path)
+    mg.melody_guidance = None
+    assert M.MusicGen.from_pretrained(tmp_path).melody_guidance == 1.5
 
 
 def test_melody_inputs_are_checked(tiny_mg, melodies):

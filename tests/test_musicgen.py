@@ -159,7 +159,7 @@ def test_guidance_one_equals_the_conditional_logits():
         cond = lm(seq, condition, mask)
         both = lm(torch.cat([seq, seq]), torch.cat([condition, 0 * condition]), torch.cat([mask, 0 * mask]))
     torch.testing.assert_close(M.guided_logits(both, 1.0), cond, atol=1e-6, rtol=0)
-    assert not M.with_null_condition(condition, mask, 1.0)[2]  # and generation skips the null branch
+    assert not M.with_null_condition(condition, mask, 1.0)[3]  # and generation skips the null branch
 
 
 def test_null_condition_gives_no_nan_and_equals_no_cross_attention():
@@ -282,7 +282,7 @@ def test_generate_audio_and_empty_prompts(tiny, capsys):
     assert wav.shape == (2, 1, 10 * tiny.codec.hop_length) and torch.isfinite(wav).all()
     assert "unconditionally" in capsys.readouterr().err
     condition, mask = tiny.encode_text(["", ""])
-    assert not condition.any() and not M.with_null_condition(condition, mask, 3.0)[2]  # no wasted null branch
+    assert not condition.any() and not M.with_null_condition(condition, mask, 3.0)[3]  # no wasted null branch
     codes = tiny.generate_tokens(["", ""], frames=5, seed=0)
     assert codes.shape == (2, 4, 5)
     again = tiny.generate_tokens(["", ""], frames=5, seed=0)

@@ -46,6 +46,7 @@ BAD = [  # (flags, what the one line must name)
     (["--duration", "nan"], ["--duration nan", "positive number of seconds"]),
     (["--window", "-2"], ["--window -2.0", "positive"]),
     (["--threads", "0"], ["--threads 0", "pass 1 or more"]),
+    (["--melody-cfg", "2"], ["--melody-cfg", "--melody FILE"]),
     (["--device", "gpu"], ["unknown device 'gpu'", "use auto, cpu"]),
     (["--unconditional", "--prompt", "x"], ["--unconditional", "drop"]),
     (["--download", "--model", "./x/y"], ["--download", "./x/y", "owner/name"]),

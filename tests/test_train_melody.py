@@ -112,9 +112,12 @@ def test_training_chroma_is_the_chroma_of_the_window(melody_run, text_run):
         assert melody.shape == (config.batch_size, length, 12) and not drop
 
 
-def test_condition_dropout_draws_both_nulls(melody_run, text_run):
-    """One draw per batch for guidance (text and melody both null) and one for the melody alone (text kept)."""
+@pytest.mark.parametrize("text_dropout", [0.0, 0.5])
+def test_condition_dropout_draws_both_nulls(melody_run, text_run, text_dropout):
+    """One draw per batch for guidance (text and melody both null), one for the melody alone (text kept) and, with
+    text_dropout, one for the text alone (the melody kept: separate guidance's melody-only branch)."""
     config, lm = melody_run
+    config = replace(config, text_dropout=text_dropout)
     clips = data.load_corpus(config, 16000)
     codec = train.EncodecLite.from_pretrained(Path(text_run.out_dir, "codec"))
     tokens = data.tokenize(codec, clips, Path(text_run.out_dir, "tokens.pt")).select("train")
@@ -124,10 +127,9 @@ def test_condition_dropout_draws_both_nulls(melody_run, text_run):
     seen = set()
     for step in range(40):
         _, _, _, drop, melody = train.lm_batch(tokens, tokenizer, step, config, 8, train.Processes(), melody=source)
-        melody_null = torch.equal(melody, null)
-        assert melody_null or not drop  # a dropped text always drops the melody too (the guidance branch)
-        seen.add((drop, melody_null))
-    assert seen == {(True, True), (False, True), (False, False)}  # both nulls, the melody alone, neither
+        seen.add((drop, torch.equal(melody, null)))  # (text dropped, melody dropped)
+    text_alone = {(True, False)} if text_dropout else set()
+    assert seen == {(True, True), (False, True), (False, False)} | text_alone  # both, the melody alone, neither
     share = sum(train.lm_batch(tokens, tokenizer, s, config, 8, train.Processes(), False, source)[3] for s in range(5))
     assert share == 0  # validation batches keep their conditions
 
@@ -204,10 +206,12 @@ def test_evaluate_melody_end_to_end(melody_run, text_run, tmp_path, capsys):
     train.run(text)
     out = tmp_path / "melody.json"
     evaluate.main(["melody", "--model", str(Path(config.out_dir, "model")), "--text-model",
-                   str(Path(text.out_dir, "model")), "--per-style", "1", "--seconds", "1", "--json", str(out)])
+                   str(Path(text.out_dir, "model")), "--per-style", "1", "--seconds", "1", "--json", str(out),
+                   "--captions", "train", "--cfg", "4", "--melody-cfg", "2"])  # choosing the guidance scales
     result = json.loads(out.read_text())["melody"]
     assert set(result["sim"]) == {"given", "null", "mismatched", "text_only"}
     assert all(0 <= v <= 1 for v in result["sim"].values()) and result["clips"] == 3
+    assert result["captions"] == "training" and result["guidance"] == [4.0, 2.0]
     assert "(a) melody model, its own melody" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="text-only model"):  # a text model is refused with one line
         evaluate.main(["melody", "--model", str(Path(text.out_dir, "model")), "--per-style", "1"])
