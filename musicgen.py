@@ -720,6 +720,7 @@ class MusicGen(nn.Module):
         codec.fold_weight_norm()  # inference form of the convolutions
         lm = checkpoints.uninitialised(LM, LMConfig.from_hf(config))
         lm.load_hf_state_dict(tensors, f"{model_dir} (decoder)")  # what is left: the LM's tensors
+        tensors.clear()  # the LM holds them now: quantizing below frees each float weight as it replaces it
         if quantize == "int8":  # from the float32 weights as saved, before any cast to dtype
             int8.quantize_lm(lm)
         generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance(s)

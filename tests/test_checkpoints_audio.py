@@ -92,6 +92,15 @@ def test_load_into_lists_problems():
     assert "weight: checkpoint (2, 4) vs model (2, 3)" in message
 
 
+def test_load_into_a_meta_module_takes_the_tensors_themselves_in_its_dtype():
+    with torch.device("meta"):
+        module = torch.nn.Linear(3, 2)
+    weight, bias = torch.randn(2, 3), torch.ones(2, dtype=torch.float16)
+    checkpoints.load_into(module, {"weight": weight, "bias": bias})
+    assert module.weight.data_ptr() == weight.data_ptr()  # the checkpoint's own tensor: no second copy
+    assert module.bias.dtype == torch.float32 and torch.equal(module.bias, bias.float())  # cast as a copy would
+
+
 def test_atomic_save_leaves_no_temp_on_failure(tmp_path):
     def broken(tmp):
         open(tmp, "w").write("half")
