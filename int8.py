@@ -5,8 +5,9 @@ At batch 1 a decoding step multiplies a batch of 2 rows (the prompt's and guidan
 of the LM once: a few multiply-adds per weight read, so the step is bound by memory bandwidth, not arithmetic, and
 its floor is the time to read the weights (bench.py measures it). Storing each weight as one int8 byte instead of a
 4-byte float cuts that read by 4x; the activations, norms, attention and everything else stay in floating point.
-That holds while the kernel turns bytes into products faster than memory delivers them: on the AVX2-only CPU of
-RESULTS.md's measurement, the kernel's own int8-to-float arithmetic, not the read, set the pace.
+That holds while the kernel turns bytes into products faster than memory delivers them: on a CPU with AVX-512 a
+musicgen-small step takes ~0.2x the float32 one, near its own floor; on an AVX2-only one the kernel's own int8-to-float
+arithmetic, not the read, sets the pace (~0.64x; RESULTS.md, "int8 weight-only generation" and "int8 on AVX-512").
 
     1. quantize_per_channel   w [out, in] float -> int8 q [out, in] and one scale per output row [out]
     2. Int8Linear             y = (x @ q^T) * scale: the fast CPU kernel, or dequantize-and-matmul elsewhere
