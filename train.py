@@ -529,8 +529,12 @@ def melody_source(token_set, clips, codec, lm):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (no loss scaler needed, unlike fp16); plain fp32 on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+    """bf16 autocast (no loss scaler needed, unlike fp16) on CUDA, and on a CPU that multiplies bf16 in hardware
+    (AVX-512 BF16 or AMX: LM steps ~1.5x faster); plain fp32 on other CPUs, where bf16 is emulated and slower."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=native)
 
 
 class LMSteps:
