@@ -426,7 +426,7 @@ def melody_following(mg, clips, text_model=None, per_style=24, seconds=5.0, seed
     its accuracy on `given` and `mismatched` next to the text model's."""
     sr, n = mg.sample_rate, int(seconds * mg.sample_rate)
     styles = sorted({c.style for c in clips if c.style})
-    picks = prompt_clips(clips, styles, per_style, captions)  # per_style clips of each style, held-out first
+    picks = prompt_clips(clips, styles, per_style, captions)  # per_style clips of each style, of `captions` first
     prompts, truth = [c.caption for c in picks], [c.style for c in picks]
     tunes = [data.clip_audio(c, sr)[:, :n] for c in picks]  # [1, n] each: the reference melodies
     references = torch.cat(tunes)  # [M, n]
@@ -596,8 +596,8 @@ def main(argv=None):
         if args.what in ("lm", "all"):
             from musicgen import MusicGen
 
-            mg = MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device)
-            with_guidance(mg, args)
+            mg = with_guidance(MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device),
+                               args)
             clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
             if not args.no_generate:
