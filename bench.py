@@ -343,7 +343,7 @@ def bench_chroma(args):
 # --- section: train ---
 def bench_train(args, codec_steps=40, lm_steps=40):
     """The laptop recipe's training speed: steps/s of train.py's codec and LM steps (`python train.py --config
-    small`, its models and batch sizes) on 24 synthetic 4 s clips, so that no corpus needs rendering. Compare two
+    small`, its models and batch sizes) on 24 synthetic 6 s clips, so that no corpus needs rendering. Compare two
     versions by running this section on each, one after the other, on an otherwise idle machine."""
     from dataclasses import replace
 
@@ -353,7 +353,7 @@ def bench_train(args, codec_steps=40, lm_steps=40):
     import training_loop
 
     config = replace(train.CONFIGS["small"], out_dir=args.tmp, cache_dir=args.tmp)
-    clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24, seconds=4.0)
+    clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24, seconds=6.0)
     stop = training_loop.StopRequest()
     stop.requested = False  # never asked to stop: the steps below only read the flag
 

@@ -406,21 +406,23 @@ def take(tensors, prefix):
 def generation_from_hf(model_dir, levels):
     """MusicGen's generation defaults from generation_config.json, None where it does not say: context_frames
     (the window, from max_length = T + K steps, K the codebook levels per channel: 1500 for the released models,
-    i.e. their 30 s training crops), top_k, guidance (guidance_scale) and melody_guidance (our own key,
+    i.e. their 30 s training crops), top_k, temperature, guidance (guidance_scale) and melody_guidance (our own key,
     melody_guidance_scale: a melody's scale when guided apart from the text; transformers ignores it)."""
     path = Path(model_dir) / "generation_config.json"
     generation = json.loads(path.read_text()) if path.exists() else {}
     max_length = generation.get("max_length")
     return {"context_frames": max_length - levels if max_length else None, "top_k": generation.get("top_k"),
-            "guidance": generation.get("guidance_scale"), "melody_guidance": generation.get("melody_guidance_scale")}
+            "temperature": generation.get("temperature"), "guidance": generation.get("guidance_scale"),
+            "melody_guidance": generation.get("melody_guidance_scale")}
 
 
-def generation_to_hf(special, levels, context_frames, top_k, guidance, melody_guidance=None):
-    """generation_config.json: sampling with the model's top_k and guidance(s), sequences of at most the window
-    (T + K steps; 1500 without one, as released), every sequence padded and started with the special token."""
+def generation_to_hf(special, levels, context_frames, top_k, guidance, melody_guidance=None, temperature=1.0):
+    """generation_config.json: sampling with the model's top_k, temperature and guidance(s), sequences of at most
+    the window (T + K steps; 1500 without one, as released), every sequence padded and started with the special
+    token."""
     apart = {} if melody_guidance is None else {"melody_guidance_scale": melody_guidance}
     return {"decoder_start_token_id": special, "pad_token_id": special, "bos_token_id": special,
-            "do_sample": True, "guidance_scale": guidance, "top_k": top_k,
+            "do_sample": True, "guidance_scale": guidance, "top_k": top_k, "temperature": temperature,
             "max_length": context_frames + levels if context_frames else 1500, **apart}
 
 

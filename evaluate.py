@@ -328,6 +328,7 @@ def prompt_following(mg, clips, per_style=24, seconds=5.0, seed=0, batch=10, cap
     x_real, x_codec, x_generated = features(real, sr), features(reconstructed, sr), features(generated, sr)
     predicted = codec_judge.predict(x_generated)  # the headline number uses the codec judge
     return {"styles": styles, "chance": 1 / len(styles), "generated": len(prompts), "guidance": mg.guidance,
+            "temperature": mg.temperature, "top_k": mg.top_k,
             "captions": SPLITS[captions],
             "judge_accuracy_real": accuracy(real_judge.predict(x_real), valid_styles),
             "judge_accuracy_codec_ceiling": accuracy(real_judge.predict(x_codec), valid_styles),
@@ -479,7 +480,7 @@ def print_lm(r):
         pct = lambda key: f"{100 * p[key]:6.1f} %"  # noqa: E731
         print(f"  prompt following: {len(p['styles'])} styles, chance {100 * p['chance']:.1f} %, "
               f"{p['generated']} clips generated from {p['captions']} captions with guidance {p['guidance']:g}, "
-              "target >= 70 %")
+              f"temperature {p['temperature']:g}, top-k {p['top_k']}; target >= 80 %")
         print(f"    real-audio judge:  held-out real clips {pct('judge_accuracy_real')}, their codec reconstructions "
               f"{pct('judge_accuracy_codec_ceiling')}, generated clips {pct('accuracy_generated_real_judge')}")
         print(f"    codec judge:       held-out reconstructions {pct('codec_judge_accuracy')}, "
@@ -518,10 +519,13 @@ def print_melody(r):
               + " ".join(f"{r['sim_by_style'][name][s]:7.3f}" for s in r["styles"]))
 
 
-def with_guidance(mg, args):
-    """The model with --cfg / --melody-cfg in place of its own guidance defaults (those not given stay)."""
+def with_sampling(mg, args):
+    """The model with --cfg / --melody-cfg / --temperature / --top-k in place of its own defaults (those not given
+    stay)."""
     mg.guidance = mg.guidance if args.cfg is None else args.cfg
     mg.melody_guidance = mg.melody_guidance if args.melody_cfg is None else args.melody_cfg
+    mg.temperature = mg.temperature if args.temperature is None else args.temperature
+    mg.top_k = mg.top_k if args.top_k is None else args.top_k
     return mg
 
 
@@ -569,6 +573,8 @@ def main(argv=None):
     parser.add_argument("--cfg", type=float, help="lm, melody: guidance instead of the model's, as sample.py --cfg")
     parser.add_argument("--melody-cfg", type=float,
                         help="melody: the melody's own guidance instead of the model's, as sample.py --melody-cfg")
+    parser.add_argument("--temperature", type=float, help="lm, melody: instead of the model's, as sample.py")
+    parser.add_argument("--top-k", type=int, help="lm, melody: instead of the model's, as sample.py (0 = all)")
     parser.add_argument("--no-generate", action="store_true", help="lm: only the cross-entropy, no generation")
     parser.add_argument("--text-model", default="out/small/model",
                         help="melody: the text-only model to compare with (skipped with a notice if absent)")
@@ -596,7 +602,7 @@ def main(argv=None):
         if args.what in ("lm", "all"):
             from musicgen import MusicGen
 
-            mg = with_guidance(MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device),
+            mg = with_sampling(MusicGen.from_pretrained(args.model, quantize="int8" if args.int8 else None).to(device),
                                args)
             clips = data.load_corpus(args, mg.sample_rate)
             r = {"validation": validation_loss(mg, data.select(clips, "valid"), args.segment_seconds)}
@@ -608,7 +614,7 @@ def main(argv=None):
         if args.what == "melody":
             from musicgen import MusicGen
 
-            mg = with_guidance(MusicGen.from_pretrained(args.model, device).to(device), args)
+            mg = with_sampling(MusicGen.from_pretrained(args.model, device).to(device), args)
             if not mg.lm.config.melody:
                 raise ValueError(f"{args.model} is a text-only model: pass a melody model (train.py --config "
                                  "small-melody writes out/small-melody/model)")

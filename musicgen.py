@@ -678,13 +678,14 @@ class MusicGen(nn.Module):
     Build it from parts (a fresh LM for training) or with from_pretrained; its generation defaults travel with it."""
 
     def __init__(self, tokenizer, text_encoder, codec, lm, context_frames=None, top_k=None, guidance=None,
-                 melody_guidance=None):
+                 melody_guidance=None, temperature=None):
         super().__init__()
         self.tokenizer, self.text_encoder, self.codec, self.lm = tokenizer, text_encoder, codec, lm
         self.context_frames = context_frames  # the window: the longest stretch the LM trained on (None: 30 s)
         self.top_k = default_top_k(codec.codebook_size) if top_k is None else top_k
         self.guidance = 3.0 if guidance is None else guidance  # Paper §3.1: 3.0 for the released models
         self.melody_guidance = melody_guidance  # a melody's own scale (guided_logits); None: guidance, as released
+        self.temperature = 1.0 if temperature is None else temperature  # Paper §3.1: 1 (plain sampling)
         self.sample_rate, self.frame_rate = codec.sample_rate, codec.frame_rate  # 32000 and 50 for the released
         self.audio_channels = lm.config.audio_channels  # 2 for a stereo model: the mono codec runs on each channel
         if codec.num_codebooks != lm.config.levels or codec.codebook_size != lm.config.card:
@@ -723,7 +724,7 @@ class MusicGen(nn.Module):
         tensors.clear()  # the LM holds them now: quantizing below frees each float weight as it replaces it
         if quantize == "int8":  # from the float32 weights as saved, before any cast to dtype
             int8.quantize_lm(lm)
-        generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, top_k, guidance(s)
+        generation = checkpoints.generation_from_hf(model_dir, lm.config.levels)  # window, sampling defaults
         # T5 and the codec stay in float32: T5's activations overflow float16, and both run once per clip
         return cls(tokenizer, text_encoder, codec, lm.to(dtype), **generation).eval().to(device)
 
@@ -737,7 +738,7 @@ class MusicGen(nn.Module):
         """config.json, generation_config.json, model.safetensors, spiece.model: read back by from_pretrained and
         transformers (MusicgenForConditionalGeneration, MusicgenMelodyFor... for a melody model)."""
         generation = checkpoints.generation_to_hf(self.lm.special, self.lm.config.levels, self.context_frames,
-                                                  self.top_k, self.guidance, self.melody_guidance)
+                                                  self.top_k, self.guidance, self.melody_guidance, self.temperature)
         checkpoints.save_musicgen(model_dir, self.hf_config(), generation, self.hf_state_dict())
         self.tokenizer.save_pretrained(model_dir)
 
@@ -844,7 +845,7 @@ class MusicGen(nn.Module):
 
     def generate_tokens(self, prompts, frames, *,
                         cfg_coef=None, melody_coef=None, top_k=None,  # guidance(s), sampling cut-off; None: model's
-                        top_p=0.0, temperature=1.0,  # nucleus mass (> 0 replaces top-k); temperature 0 = greedy
+                        top_p=0.0, temperature=None,  # nucleus mass (> 0 replaces top-k); 0 = greedy; None: model's
                         seed=None, progress=False,  # reproducible sampling; True, or progress(step, total): Progress
                         melody=None, melody_sample_rate=None,  # a tune to follow (melody models; none: the null one)
                         prompt_audio=None, prompt_sample_rate=None,  # a clip to continue: the output starts with it
@@ -863,7 +864,8 @@ class MusicGen(nn.Module):
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         cfg_coef = self.guidance if cfg_coef is None else cfg_coef
         melody_coef = self.melody_guidance if melody_coef is None else melody_coef
-        sampling = dict(temperature=temperature, top_k=self.top_k if top_k is None else top_k, top_p=top_p)
+        sampling = dict(temperature=self.temperature if temperature is None else temperature,
+                        top_k=self.top_k if top_k is None else top_k, top_p=top_p)
         spans = window_spans(frames, window, stride, codes.shape[-1])
         K = self.lm.config.levels  # a window of T frames, T_p of them known, takes T + K - 1 - T_p steps
         counter = Progress(progress, sum(end - start + K - 1 - known for start, end, known in spans), len(spans))

@@ -70,7 +70,8 @@ def parse_args(argv=None):
     # top-k: smaller is safer, larger more varied
     p.add_argument("--top-k", type=int, default=None, help="keep the k likeliest codes, 0 = all (default: the model's)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass, e.g. 0.9; > 0 replaces top-k")
-    p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder; 0 = greedy")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="below 1: safer, above 1: wilder; 0 = greedy (default: the model's)")
     # music longer than the model was trained on: overlapping windows (musicgen.py, MusicGen.window_frames)
     # by default a window is the model's training length (30 s for the released models) and moves on by 0.6 of it;
     # the rest of each window is context from the one before: more context (a shorter stride) gives smoother joins
@@ -105,8 +106,8 @@ def check_settings(args):
         fail("--unconditional generates without text; drop the --prompt flags, or drop --unconditional")
     if not (math.isfinite(args.duration) and args.duration > 0):  # "nan" and "inf" parse as floats too
         fail(f"--duration {args.duration} is not a length; pass a positive number of seconds, e.g. --duration 10")
-    if not args.temperature >= 0:  # written "not >= 0" so that NaN fails too
-        fail(f"--temperature {args.temperature} is negative; use 0 (greedy), 1 (the default) or anything above 0")
+    if args.temperature is not None and not args.temperature >= 0:  # "not >= 0": NaN fails too; None: the model's
+        fail(f"--temperature {args.temperature} is negative; use 0 (greedy), 1 (plain sampling) or anything above 0")
     if args.top_k is not None and args.top_k < 0:  # None: the model's own default
         fail(f"--top-k {args.top_k} is negative; use 0 (every code) or a positive count, e.g. --top-k 250")
     if not 0 <= args.top_p <= 1:  # a probability mass: above 1 or below 0 means nothing
@@ -263,7 +264,8 @@ def main(argv=None):
                 "cfg": mg.guidance if args.cfg is None else args.cfg,
                 "melody_cfg": melody_cfg if args.melody else None,  # None: guided by cfg, with the text
                 "top_k": mg.top_k if args.top_k is None else args.top_k, "top_p": args.top_p,
-                "temperature": args.temperature, "melody": args.melody, "continue": args.continue_from,
+                "temperature": mg.temperature if args.temperature is None else args.temperature,
+                "melody": args.melody, "continue": args.continue_from,
                 "window": args.window, "extend_stride": args.extend_stride, "batch_size": len(prompts),
                 "int8": args.int8, "device": str(device), "threads": torch.get_num_threads(),
                 "sample_rate": mg.sample_rate, "seconds_taken": round(seconds, 3), "dtype": args.dtype}

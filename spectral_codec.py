@@ -104,9 +104,10 @@ class FrameBlock(nn.Module):
 
 class SpectralEncoder(nn.Module):
     """wav [B, 1, N] -> latent [B, D, ceil(N / hop)], from STFT frames centred on the latent frames: log magnitudes
-    at a long window (2048 at hop 320: 7.8 Hz bins, for the pitch), and at the decoder's window 4 hop the log
+    at a long window (4096 at hop 640: 3.9 Hz bins, for the pitch), and at the decoder's window 4 hop the log
     magnitudes and the phase advance relative to each bin's centre, as (cos, sin) weighted by how loud the bin is
-    (the advance of an empty bin is noise)."""
+    (the advance of an empty bin is noise). The first layer reads one frame at a time: its thousands of input
+    channels make it the costliest layer of the codec, and the dilated blocks after it see the neighbours."""
 
     def __init__(self, config):
         super().__init__()
@@ -119,7 +120,7 @@ class SpectralEncoder(nn.Module):
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.register_buffer("centre", bin_advance(self.n_fft, self.hop), persistent=False)
         channels = self.long_fft // 2 + 1 + 3 * (self.n_fft // 2 + 1)
-        self.inp = nn.Conv1d(channels, width, 3, padding=1)
+        self.inp = nn.Conv1d(channels, width, 1)
         self.blocks = nn.Sequential(*(FrameBlock(width, d) for d in (1, 2, 4, 1)))
         self.lstm = LSTM(width, config.num_lstm_layers)
         self.out = nn.Conv1d(width, config.hidden_size, 3, padding=1)

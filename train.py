@@ -107,9 +107,9 @@ class TrainConfig:
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (small, small-seanet, tiny...) or a codec dir to load")
     codec_clips_per_style: int = opt(60, "builtin: the codec trains on the first N clips of each style (0 = all)")
-    codec_steps: int = opt(4000, "codec training steps (more steps: more of the notes survive the codec)")
+    codec_steps: int = opt(3000, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
-    codec_crop_seconds: float = opt(0.5, "codec training crop length in seconds (EnCodec: 1 s)")
+    codec_crop_seconds: float = opt(0.64, "codec training crop length in seconds (EnCodec: 1 s)")
     codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")
     codec_warmup: float = opt(0.3, "fraction of codec steps trained as a plain auto-encoder, before the RVQ is on")
     reuse: str = opt("", "a run folder (e.g. out/small) whose codec and tokens this run takes when they are done "
@@ -124,8 +124,8 @@ class TrainConfig:
     dropout: float = opt(0.0, "dropout in the LM and the T5 trained from scratch; try 0.1 on a large corpus")
     input_noise: float = opt(0.1, "share of input codes made random (musicgen.corrupt_codes); 0 for a large corpus")
     batch_size: int = opt(16, "global batch (split across processes under torchrun)")
-    segment_seconds: float = opt(2.5, "length of the training windows (Paper: 30 s)")
-    max_steps: int = opt(1500, "LM training steps")
+    segment_seconds: float = opt(5.0, "length of the training windows (Paper: 30 s)")
+    max_steps: int = opt(1000, "LM training steps")
     lr: float = opt(2e-3, "peak learning rate; lower it if the loss goes non-finite")
     min_lr: float = opt(2e-4, "learning rate at the end of the cosine, ~ lr / 10")
     warmup_steps: int = opt(50, "linear warm-up steps (Paper: 4000)")
@@ -137,6 +137,7 @@ class TrainConfig:
     text_dropout: float = opt(0.0, "melody LMs: probability of a batch with its melody but no text (melody_guidance)")
     guidance: float = opt(6.0, "the exported model's default guidance (Paper: 3); raise it if samples ignore prompts")
     melody_guidance: float = opt(0.0, "melody LMs: the exported model's guidance for the melody (0: as guidance)")
+    temperature: float = opt(1.3, "the exported model's default sampling temperature (Paper: 1)")
     # bookkeeping
     log_every: int = opt(10, "steps between log lines (log.jsonl, codec_log.jsonl)")
     eval_every: int = opt(100, "steps between validation losses")
@@ -161,26 +162,27 @@ CONFIGS = {
     # input noise; guided apart, the melody by 4 and the text by 6 (small's; chosen on training captions): the melody
     # is followed and the caption still sets the style (RESULTS.md, "The melody model guided apart").
     "small-melody": TrainConfig(out_dir="out/small-melody", reuse="out/small", lm="small-melody", cond_dropout=0.2,
-                                melody_dropout=0.2, text_dropout=0.2, input_noise=0.2, guidance=6.0,
-                                melody_guidance=4.0),
+                                melody_dropout=0.2, text_dropout=0.2, input_noise=0.2, max_steps=1500,
+                                guidance=6.0, melody_guidance=4.0, temperature=1.0),
     # One GPU, hours: the same recipe scaled up (more music, a longer-trained codec, the 'base' LM, 10 s windows).
     "gpu": TrainConfig(
         out_dir="out/gpu", clips_per_style=400, codec_clips_per_style=0, codec_steps=20000, codec_batch=32,
         codec_lr=3e-4, t5_preset="small", lm="base", dropout=0.1, input_noise=0.0, batch_size=64,
         segment_seconds=10.0, max_steps=20000, lr=1e-3, min_lr=1e-4, warmup_steps=1000, eval_every=1000,
-        ckpt_every=1000, guidance=3.0, sample_seconds=10.0),
+        ckpt_every=1000, guidance=3.0, temperature=1.0, sample_seconds=10.0),
     # The released 300M architecture (Paper Table 5) from scratch, on the public EnCodec 32 kHz and, if it is in the
     # Hugging Face cache, a frozen t5-base (as the paper): one big GPU, a day.
     "musicgen-small": TrainConfig(
         out_dir="out/musicgen-small", clips_per_style=400, codec="facebook/encodec_32khz", t5="auto",
         t5_preset="small", lm="musicgen-small", dropout=0.1, input_noise=0.0, batch_size=32, segment_seconds=10.0,
         max_steps=50000, lr=3e-4, min_lr=3e-5, warmup_steps=2000, eval_every=1000, ckpt_every=1000, guidance=3.0,
-        sample_seconds=10.0),
+        temperature=1.0, sample_seconds=10.0),
     # Fine-tune a public MusicGen on your folder: --init-from facebook/musicgen-small --data DIR
     # (its codec, T5 and LM are used; the LM keeps its own size, whatever --lm says).
     "finetune": TrainConfig(
         out_dir="out/finetune", input_noise=0.0, batch_size=8, segment_seconds=10.0, max_steps=2000, lr=1e-5,
-        min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0, sample_seconds=10.0),
+        min_lr=1e-6, warmup_steps=100, eval_every=200, ckpt_every=200, guidance=3.0, temperature=1.0,
+        sample_seconds=10.0),
 }
 
 STAGES = ("data", "codec", "tokens", "lm")
@@ -353,7 +355,9 @@ class CodecSteps:
         # A cosine from codec_lr down to a tenth of it: a short run can start fast and still settle at the end.
         for group in self.trainer.opt.param_groups:
             group["lr"] = cosine_lr(step, config.codec_lr, config.codec_lr / 10, config.codec_steps)
-        return dict(self.trainer.step(wav, quantize=step >= self.warmup), stop=stop.requested)  # stats: the log row
+        with autocast(self.codec.device):  # bf16 where the hardware multiplies it; the RVQ stays float32
+            stats = self.trainer.step(wav, quantize=step >= self.warmup)
+        return dict(stats, stop=stop.requested)  # stats: the log row
 
     def update(self):
         """Nothing left to do: CodecTrainer.step has applied its update (a non-finite loss stops before a save)."""
@@ -464,12 +468,13 @@ def build_models(config, codec, tokens, proc):
 
 def make_optimizer(model, config, device):
     """Paper §3.1: AdamW, betas (0.9, 0.95), decoupled weight decay 0.1 on weight matrices (and embeddings) only;
-    biases and norm gains are not decayed (decaying a gain towards 0 shrinks a whole layer). On CUDA, `fused` updates
-    every parameter in one kernel."""
+    biases and norm gains are not decayed (decaying a gain towards 0 shrinks a whole layer). On a CPU or CUDA,
+    `fused` updates every parameter in one kernel instead of a dozen small ops per tensor."""
     params = [p for p in model.parameters() if p.requires_grad]  # not a frozen T5
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=str(device).startswith("cuda"))
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=fused)
 
 
 def learning_rate(step, config):
@@ -645,7 +650,8 @@ def stage_lm(config, codec, tokens, clips, proc):
     if proc.main:  # the weights are the same in every process: one export
         # generate with windows no longer than the training windows: positions beyond them were never trained
         mg = MusicGen(steps.tokenizer, text_encoder, codec, lm, context_frames=steps.frames,
-                      guidance=config.guidance, melody_guidance=config.melody_guidance or None).eval()
+                      guidance=config.guidance, melody_guidance=config.melody_guidance or None,
+                      temperature=config.temperature).eval()
         export(mg, config, out / "model")
         write_samples(mg, steps.val_set, config, out / "samples", clips)
     return lm

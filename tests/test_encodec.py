@@ -142,7 +142,7 @@ def test_presets_match_hf_arithmetic(shared_dir, tmp_path):
         theirs = transformers.EncodecConfig(**ours.to_hf())
         assert theirs.num_quantizers == ours.num_codebooks == ours.num_quantizers == 4, name
         assert theirs.hop_length == ours.hop_length and theirs.frame_rate == ours.frame_rate, name
-    assert EncodecConfig.preset("small").frame_rate == 50
+    assert EncodecConfig.preset("small").frame_rate == 25
 
 
 def test_tiny_model_roundtrips_through_transformers(tmp_path):
