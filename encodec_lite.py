@@ -551,9 +551,8 @@ class EncodecLite(nn.Module):
         from the trained encoder's latents, since VQ on a random encoder collapses onto one code."""
         latent = self.encoder(wav)
         codes, commit = None, latent.new_zeros(())
-        if quantize:  # under a bf16 autocast (train.py), the code search and the EMA still run in float32
-            with torch.autocast(latent.device.type, enabled=False):
-                latent, codes, commit = self.quantizer(latent.float())
+        if quantize:
+            latent, codes, commit = self.quantizer(latent)
         return codes, {"commit": commit, **self.decoder.losses(latent, wav)}
 
     # --- weight norm: trainable form vs. folded inference form

@@ -3,7 +3,7 @@ train.py: train a text-to-music MusicGen from scratch on a laptop, offline (or f
 
 The paper trains on 20k hours of music with 32+ GPUs (§3.1, §3.2). This is the "I only have a laptop" version:
 
-    python train.py --config small             # ~30 min on 2 CPU cores: corpus -> codec -> tokens -> LM
+    python train.py --config small             # ~13 min on 2 CPU cores: corpus -> codec -> tokens -> LM
     python sample.py --prompt "baroque"        # then listen (reads out/small/model)
     python train.py --config small --max_steps=3000 --lr=5e-4      # any key can be changed with --key=value
     python train.py --config musicgen-small --data my_music/       # the 300M architecture on one GPU
@@ -137,7 +137,8 @@ class TrainConfig:
     text_dropout: float = opt(0.0, "melody LMs: probability of a batch with its melody but no text (melody_guidance)")
     guidance: float = opt(6.0, "the exported model's default guidance (Paper: 3); raise it if samples ignore prompts")
     melody_guidance: float = opt(0.0, "melody LMs: the exported model's guidance for the melody (0: as guidance)")
-    temperature: float = opt(1.3, "the exported model's default sampling temperature (Paper: 1)")
+    temperature: float = opt(1.2, "the exported model's sampling temperature (Paper: 1; above 1 the laptop LM's clips "
+                                  "change notes more often)")
     # bookkeeping
     log_every: int = opt(10, "steps between log lines (log.jsonl, codec_log.jsonl)")
     eval_every: int = opt(100, "steps between validation losses")
@@ -148,7 +149,8 @@ class TrainConfig:
 
 
 CONFIGS = {
-    # A laptop CPU, ~30 minutes from nothing to samples: the TrainConfig defaults above (results in RESULTS.md).
+    # A laptop CPU, ~13 minutes from nothing to samples: the TrainConfig defaults above (RESULTS.md, "The laptop
+    # model v2: 25 frames/s, 5 s windows, temperature 1.2").
     "small": TrainConfig(),
     # Unit tests: a dozen 3 s synthetic clips, everything tiny; the whole pipeline runs in seconds.
     "tiny": TrainConfig(
@@ -355,9 +357,9 @@ class CodecSteps:
         # A cosine from codec_lr down to a tenth of it: a short run can start fast and still settle at the end.
         for group in self.trainer.opt.param_groups:
             group["lr"] = cosine_lr(step, config.codec_lr, config.codec_lr / 10, config.codec_steps)
-        with autocast(self.codec.device):  # bf16 where the hardware multiplies it; the RVQ stays float32
-            stats = self.trainer.step(wav, quantize=step >= self.warmup)
-        return dict(stats, stop=stop.requested)  # stats: the log row
+        # float32, also where the CPU multiplies bf16: bf16 makes a quiet step 1.15x faster but loses ~2/3 of the
+        # speed beside another busy process, fp32 ~1/4 (RESULTS.md, "The laptop model v2")
+        return dict(self.trainer.step(wav, quantize=step >= self.warmup), stop=stop.requested)  # stats: the log row
 
     def update(self):
         """Nothing left to do: CodecTrainer.step has applied its update (a non-finite loss stops before a save)."""
@@ -458,7 +460,7 @@ def build_models(config, codec, tokens, proc):
     # distance from chroma frame t).
     melody = {}
     if LM_PRESETS[config.lm].melody:
-        hop = round(chroma.SAMPLE_RATE / codec.frame_rate)  # one chroma frame per codec frame: 640 at 50 frames/s
+        hop = round(chroma.SAMPLE_RATE / codec.frame_rate)  # one chroma frame per codec frame: 1280 at 25 frames/s
         melody = {"chroma_hop": hop, "chroma_length": chroma.chroma_frames(config.segment_seconds, hop),
                   "text_length": tokenizer(list(tokens.captions))[0].shape[1]}
     lm = LM(lm_config(config.lm, num_codebooks=codec.num_codebooks, card=codec.codebook_size,

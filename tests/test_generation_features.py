@@ -187,6 +187,20 @@ def test_guidance_default_is_used_and_travels_with_the_checkpoint(tiny_musicgen,
     assert M.MusicGen.from_pretrained(tmp_path).guidance == 6.0
 
 
+def test_temperature_default_is_used_and_travels_with_the_checkpoint(tiny_musicgen, tmp_path):
+    mg = tiny_musicgen(max_positions=64)
+    assert mg.temperature == 1.0  # the paper's, when nothing says otherwise
+    mg.temperature = 0  # the model's default now decodes greedily
+    assert torch.equal(mg.generate_tokens(["baroque"], 8, seed=3), mg.generate_tokens(["baroque"], 8, temperature=0))
+    mg.temperature = 1.3
+    hotter = mg.generate_tokens(["baroque"], 8, seed=3)
+    assert torch.equal(hotter, mg.generate_tokens(["baroque"], 8, seed=3, temperature=1.3))
+    assert not torch.equal(hotter, mg.generate_tokens(["baroque"], 8, temperature=0))  # it samples again
+    mg.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text())["temperature"] == 1.3
+    assert M.MusicGen.from_pretrained(tmp_path).temperature == 1.3
+
+
 # ----------------------------------------------------------------------------- sample.py
 
 
@@ -206,6 +220,7 @@ def test_sample_writes_wavs_with_sidecar_settings(model_dir, tmp_path, capsys):
     seed = settings["seed"]
     assert [w.name for w in wavs] == [f"00_rock_seed{seed}.wav", f"01_unconditional_seed{seed}.wav"]
     assert settings["prompt"] == "rock" and settings["top_k"] == 20 and settings["cfg"] == 3.0
+    assert settings["temperature"] == 1.0  # no --temperature: the model's default, resolved
     assert settings["continue"] == str(clip) and settings["model"] == str(model_dir)
     assert isinstance(settings["seed"], int) and settings["seconds_taken"] > 0 and settings["duration"] == 0.5
     assert settings["partial"] is False
