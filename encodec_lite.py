@@ -585,6 +585,11 @@ class EncodecLite(nn.Module):
                 if name.endswith(old):
                     name = name[: -len(old)] + new
             renamed[name] = tensor
+        first = renamed.get("encoder.inp.weight")  # the spectral encoder's first layer: [width, channels, kernel]
+        if self.config.codec_type == "spectral" and first is not None and first.shape[-1] != 1:
+            raise checkpoints.CheckpointError(
+                f"{source} is a laptop codec from before 2026-12-07, whose encoder reads three frames at once; this "
+                "version reads one. Train a new model: python train.py --config small --out_dir out/small-v2")
         checkpoints.load_into(self, renamed, source=source)
         return self
 

@@ -4,8 +4,10 @@ held notes, a held chord gives a steady latent (the point of the design), it tra
 import json
 import math
 
+import pytest
 import torch
 
+import checkpoints
 import evaluate
 from encodec_lite import EncodecConfig, EncodecLite
 from spectral_codec import SpectralDecoder, frame_stft, lock_phases, phase_advance, pitch_class_loss
@@ -128,3 +130,15 @@ def test_spectral_codec_saves_and_loads(tmp_path):
     codes = codec.encode(wav)
     assert torch.equal(loaded.encode(wav), codes)
     assert torch.allclose(loaded.decode(codes), codec.decode(codes), atol=1e-5)
+
+
+def test_a_codec_from_before_the_one_frame_encoder_is_refused_with_what_to_do(tmp_path):
+    """Laptop codecs trained before 2026-12-07 read three frames in the encoder's first layer: loading one names that
+    and the command that trains a new model, instead of a shape mismatch."""
+    codec = EncodecLite(EncodecConfig.preset("tiny-spectral"))
+    codec.save_pretrained(tmp_path)
+    tensors = checkpoints.load_state_dict(tmp_path)
+    tensors["encoder.inp.weight"] = tensors["encoder.inp.weight"].repeat(1, 1, 3)  # the old kernel-3 layer
+    checkpoints.save_safetensors(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(checkpoints.CheckpointError, match="before 2026-12-07.*python train.py --config small"):
+        EncodecLite.from_pretrained(tmp_path)
