@@ -343,8 +343,9 @@ def bench_chroma(args):
 # --- section: train ---
 def bench_train(args, codec_steps=40, lm_steps=40):
     """The laptop recipe's training speed: steps/s of train.py's codec and LM steps (`python train.py --config
-    small`, its models and batch sizes) on 24 synthetic 6 s clips, so that no corpus needs rendering. Compare two
-    versions by running this section on each, one after the other, on an otherwise idle machine."""
+    small`, its models and batch sizes) on 24 synthetic clips a second longer than its LM windows (6 s), so that no
+    corpus needs rendering. Compare two versions by running this section on each, one after the other, on an
+    otherwise idle machine."""
     from dataclasses import replace
 
     import corpus
@@ -353,7 +354,8 @@ def bench_train(args, codec_steps=40, lm_steps=40):
     import training_loop
 
     config = replace(train.CONFIGS["small"], out_dir=args.tmp, cache_dir=args.tmp)
-    clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24, seconds=6.0)
+    clips = corpus.synthetic_corpus(args.tmp, train.CODEC_PRESETS[config.codec].sampling_rate, n=24,
+                                     seconds=config.segment_seconds + 1.0)  # a window must fit in a clip
     stop = training_loop.StopRequest()
     stop.requested = False  # never asked to stop: the steps below only read the flag
 
