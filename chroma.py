@@ -8,8 +8,9 @@ The melody model hears a reference tune only as "which of the 12 pitch classes i
              --divide by the frame max--> argmax --> one-hot [B, frames, 12] (the bottleneck)
              --tile/cut to 235 frames--> the prefix the LM reads              (musicgen.py projects it 12 -> D)
 
-The laptop melody model (train.py's small-melody) reads the same chromagram at a finer hop, 640 samples: one chroma
-frame per 50 Hz codec frame, so that audio step t and chroma frame t sit a fixed distance apart in its sequence.
+The laptop melody model (train.py's small-melody) reads the same chromagram at a finer hop, one chroma frame per
+codec frame (1280 samples at 25 frames/s), so that audio step t and chroma frame t sit a fixed distance apart in its
+sequence.
 
 Reading order: constants, `chroma_filter_bank`, `power_spectrogram`, `chromagram` and its `bottleneck`; then what
 generation uses (`fit_length`, `null_melody`, and `melody_chroma`, which chains it all); then the picture and the
@@ -150,7 +151,7 @@ def fit_length(chroma, length=CHROMA_LENGTH):
     """Force [B, T, 12] to [B, length, 12]: a short melody is repeated whole (looped) then cut, a long one is cut.
 
     In the released model the chroma is not aligned to the 50 Hz audio tokens: it is a fixed 235-frame (30 s) prefix
-    and the LM learned the alignment itself (the laptop model reads one frame per token: hop_length 640). Both
+    and the LM learned the alignment itself (the laptop model reads one frame per token: hop_length 1280). Both
     references loop a short melody this way: audiocraft's chroma conditioner (`audiocraft/modules/conditioners.py`)
     and transformers' `modeling_musicgen_melody.py` (`chroma_length` 235)."""
     repeats = math.ceil(length / chroma.shape[1])
