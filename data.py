@@ -28,7 +28,7 @@ API used by train.py and evaluate.py:
     folder_corpus(folder, cache_dir="cache", sample_rate=16000)
     select(clips, split) -> list[Clip];  first_per_style(clips, n) -> list[Clip];  summary(clips) -> str
     clip_audio(clip, sample_rate) -> [1, N]
-    audio_batch(clips, step, batch, samples, sample_rate, seed=0, transpose=0) -> wav [B, 1, samples]
+    audio_batch(clips, step, batch, samples, sample_rate, seed=0) -> wav [B, 1, samples]
     tokenize(codec, clips, path) -> TokenSet(codes list of [K, T_i], captions, ids, styles, splits, frame_rate)
     token_batch(tokens, step, batch, frames, seed=0, augment=False) -> (codes [B, K, frames], captions list[str],
                                                                          windows [(clip index, first frame)] * B)
@@ -37,11 +37,9 @@ API used by train.py and evaluate.py:
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -251,34 +249,18 @@ def _rng(seed, step):
     return np.random.default_rng([int(seed), int(step)])
 
 
-def audio_batch(clips, step, batch, samples, sample_rate, seed=0, transpose=0):
-    """Random crops of `samples` samples from random clips → wav [B, 1, samples] (zero-padded if a clip is short),
-    each transposed by a random whole number of semitones in [-transpose, transpose] (see `semitone_ratio`)."""
+def audio_batch(clips, step, batch, samples, sample_rate, seed=0):
+    """Random crops of `samples` samples from random clips → wav [B, 1, samples] (zero-padded if a clip is short)."""
     if not clips:
         raise ValueError("audio_batch got no clips (is the train split empty?).")
     rng = _rng(seed, step)
     out = torch.zeros(batch, 1, samples)  # [B, 1, samples]
     for b, i in enumerate(rng.integers(len(clips), size=batch)):  # clips drawn with replacement
         wav = clip_audio(clips[i], sample_rate)
-        ratio = semitone_ratio(int(rng.integers(-transpose, transpose + 1))) if transpose else Fraction(1)
-        length = math.ceil(samples * ratio)  # read this many samples and play them in `samples`
-        start = int(rng.integers(max(wav.shape[-1] - length, 0) + 1))
-        crop = wav[:, start : start + length]
-        if ratio != 1:
-            crop = audio.resample(crop, ratio.numerator, ratio.denominator)[:, :samples]
+        start = int(rng.integers(max(wav.shape[-1] - samples, 0) + 1))
+        crop = wav[:, start : start + samples]
         out[b, :, : crop.shape[-1]] = crop
     return out
-
-
-def semitone_ratio(semitones):
-    """How much faster to play audio to raise it by `semitones` (down if negative): 2^(semitones / 12), as a fraction
-    of small integers (within 2 cents) so that polyphase resampling (audio.resample) does it exactly and cheaply.
-
-    Why the codec hears its music transposed: the laptop codec learns from under an hour of music, and on clips it
-    has not heard it keeps fewer of the notes than on those it has (RESULTS.md, "Transposed crops"). Playing a crop
-    faster or slower moves every pitch and changes the tempo, so the same hour teaches it more keys and registers.
-    The LM never sees a transposed clip: its tokens are those of the music as written."""
-    return Fraction(2 ** (semitones / 12)).limit_denominator(100)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -99,22 +99,6 @@ def test_audio_batch_is_a_function_of_seed_and_step(corpus):
     assert long.shape == (2, 1, 3 * SR) and long[..., 2 * SR :].abs().max() == 0
 
 
-def test_audio_batch_transposes_by_whole_semitones(tmp_path):
-    """A 440 Hz sine comes out of transposed crops at 440 * 2^(s/12) Hz, s a whole number within the range; without
-    `transpose` the batch is the crop as written."""
-    t = np.arange(2 * SR) / SR
-    sf.write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 440 * t), SR)
-    clips = [data.Clip("a", str(tmp_path / "a.wav"), "a sine", "", "train")]
-    wav = data.audio_batch(clips, 0, 16, SR // 2, SR, transpose=3)  # [16, 1, 4000]: 2 Hz bins, 0.07 semitone
-    freqs = torch.fft.rfft(wav[:, 0] * torch.hann_window(SR // 2)).abs().argmax(-1) * 2.0  # [16] Hz
-    semitones = 12 * torch.log2(freqs / 440)
-    assert (semitones - semitones.round()).abs().max() < 0.1 and semitones.round().abs().max() <= 3
-    assert len(semitones.round().unique()) > 1  # not all the same shift
-    plain = data.audio_batch(clips, 0, 4, SR // 2, SR)
-    assert (torch.fft.rfft(plain[:, 0]).abs().argmax(-1) * 2.0 == 440).all()
-    assert abs(float(data.semitone_ratio(3)) - 2 ** 0.25) < 2e-4 and data.semitone_ratio(0) == 1
-
-
 def test_tokenize_caches_and_token_batches_are_stateless(corpus, codec, tmp_path, monkeypatch):
     _, clips = corpus
     path = tmp_path / "tokens.pt"
