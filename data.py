@@ -28,7 +28,7 @@ API used by train.py and evaluate.py:
     folder_corpus(folder, cache_dir="cache", sample_rate=16000)
     select(clips, split) -> list[Clip];  first_per_style(clips, n) -> list[Clip];  summary(clips) -> str
     clip_audio(clip, sample_rate) -> [1, N]
-    audio_batch(clips, step, batch, samples, sample_rate, seed=0, mix=0.0) -> wav [B, 1, samples]
+    audio_batch(clips, step, batch, samples, sample_rate, seed=0) -> wav [B, 1, samples]
     tokenize(codec, clips, path) -> TokenSet(codes list of [K, T_i], captions, ids, styles, splits, frame_rate)
     token_batch(tokens, step, batch, frames, seed=0, augment=False) -> (codes [B, K, frames], captions list[str],
                                                                          windows [(clip index, first frame)] * B)
@@ -249,32 +249,18 @@ def _rng(seed, step):
     return np.random.default_rng([int(seed), int(step)])
 
 
-def audio_batch(clips, step, batch, samples, sample_rate, seed=0, mix=0.0):
-    """Random crops of `samples` samples from random clips → wav [B, 1, samples] (zero-padded if a clip is short).
-    A share `mix` of them (at random) has a crop of another random clip sounding with it, 0.3-1 times as loud.
-
-    Why the codec hears two pieces at once: the laptop codec learns from under an hour of music and keeps fewer
-    notes of the chords it has not heard than of those it has (RESULTS.md, "Mixed codec crops"). Two pieces in two
-    keys make chords no score in the corpus has, so it learns to keep each partial's loudness, whatever the chord.
-    The LM never hears a mixture: its tokens are those of the clips as they are."""
+def audio_batch(clips, step, batch, samples, sample_rate, seed=0):
+    """Random crops of `samples` samples from random clips → wav [B, 1, samples] (zero-padded if a clip is short)."""
     if not clips:
         raise ValueError("audio_batch got no clips (is the train split empty?).")
     rng = _rng(seed, step)
     out = torch.zeros(batch, 1, samples)  # [B, 1, samples]
     for b, i in enumerate(rng.integers(len(clips), size=batch)):  # clips drawn with replacement
-        out[b] = _crop(clip_audio(clips[i], sample_rate), samples, rng)
-    for b in np.flatnonzero(rng.random(batch) < mix):  # drawn after the crops: mix=0 gives the same crops as before
-        other = _crop(clip_audio(clips[rng.integers(len(clips))], sample_rate), samples, rng)
-        out[b] += rng.uniform(0.3, 1.0) * other
-        out[b] /= out[b].abs().max().clamp(min=1.0)  # no louder than full scale
+        wav = clip_audio(clips[i], sample_rate)
+        start = int(rng.integers(max(wav.shape[-1] - samples, 0) + 1))
+        crop = wav[:, start : start + samples]
+        out[b, :, : crop.shape[-1]] = crop
     return out
-
-
-def _crop(wav, samples, rng):
-    """A random crop of `samples` samples of wav [1, N] → [1, samples], zero-padded if the clip is shorter."""
-    start = int(rng.integers(max(wav.shape[-1] - samples, 0) + 1))
-    crop = wav[:, start : start + samples]
-    return torch.nn.functional.pad(crop, (0, samples - crop.shape[-1]))
 
 
 # ----------------------------------------------------------------------------------------------------------------

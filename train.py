@@ -110,7 +110,6 @@ class TrainConfig:
     codec_steps: int = opt(3000, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.64, "codec training crop length in seconds (EnCodec: 1 s)")
-    codec_mix: float = opt(0.5, "share of codec training crops with another piece playing in them (data.audio_batch)")
     codec_lr: float = opt(5e-4, "codec Adam peak learning rate, cosine down to a tenth")
     codec_warmup: float = opt(0.3, "fraction of codec steps trained as a plain auto-encoder, before the RVQ is on")
     reuse: str = opt("", "a run folder (e.g. out/small) whose codec and tokens this run takes when they are done "
@@ -215,8 +214,8 @@ RANGES = {"greater than 0": (lambda v: v > 0, "clip_seconds clips_per_style code
                              "eval_every eval_batches ckpt_every sample_seconds"),
           "0 or more": (lambda v: v >= 0, "threads codec_clips_per_style warmup_steps min_lr weight_decay samples "
                                          "melody_guidance"),
-          "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_mix codec_warmup dropout input_noise "
-                                                               "cond_dropout melody_dropout text_dropout beta2")}
+          "a fraction between 0 and 1": (lambda v: 0 <= v <= 1, "codec_warmup dropout input_noise cond_dropout "
+                                                                          "melody_dropout text_dropout beta2")}
 
 
 def check_config(config):
@@ -354,7 +353,7 @@ class CodecSteps:
     def step(self, step, stop):
         config = self.config
         wav = data.audio_batch(self.clips, step, config.codec_batch, self.samples, self.codec.sample_rate,
-                               seed=config.seed, mix=config.codec_mix)  # [B, 1, samples]
+                               seed=config.seed)  # [B, 1, samples]
         # A cosine from codec_lr down to a tenth of it: a short run can start fast and still settle at the end.
         for group in self.trainer.opt.param_groups:
             group["lr"] = cosine_lr(step, config.codec_lr, config.codec_lr / 10, config.codec_steps)
