@@ -106,7 +106,7 @@ class TrainConfig:
     clips_per_style: int = opt(CLIPS_PER_STYLE, "built-in corpus size: clips per style (5 styles)")
     # codec (Paper §2.1)
     codec: str = opt("small", "an encodec_lite preset to train (small, small-seanet, tiny...) or a codec dir to load")
-    codec_clips_per_style: int = opt(60, "builtin: the codec trains on the first N clips of each style (0 = all)")
+    codec_clips_per_style: int = opt(0, "builtin: the codec trains on the first N clips of each style (0 = all)")
     codec_steps: int = opt(3000, "codec training steps (more steps: more of the notes survive the codec)")
     codec_batch: int = opt(16, "codec batch size (crops)")
     codec_crop_seconds: float = opt(0.64, "codec training crop length in seconds (EnCodec: 1 s)")
@@ -319,6 +319,7 @@ def stage_codec(config, clips, proc):
             clips = data.first_per_style(clips, config.codec_clips_per_style)
         steps = CodecSteps(config, data.select(clips, "train"), proc.device)
         train_steps(steps, config, Processes(device=proc.device))  # a world of one: no all-reduce
+        steps.trainer.use_average()  # the weights averaged over the last ~500 steps (CodecTrainer)
         steps.codec.save_pretrained(out / "codec")
         say(proc, f"[codec] saved {out / 'codec'}")
     proc.barrier()  # codec/ is saved
