@@ -3,7 +3,7 @@ train.py: train a text-to-music MusicGen from scratch on a laptop, offline (or f
 
 The paper trains on 20k hours of music with 32+ GPUs (§3.1, §3.2). This is the "I only have a laptop" version:
 
-    python train.py --config small             # ~13 min on 2 CPU cores: corpus -> codec -> tokens -> LM
+    python train.py --config small             # ~15 min on 2 CPU cores: corpus -> codec -> tokens -> LM
     python sample.py --prompt "baroque"        # then listen (reads out/small/model)
     python train.py --config small --max_steps=3000 --lr=5e-4      # any key can be changed with --key=value
     python train.py --config musicgen-small --data my_music/       # the 300M architecture on one GPU
@@ -148,8 +148,8 @@ class TrainConfig:
 
 
 CONFIGS = {
-    # A laptop CPU, ~13 minutes from nothing to samples: the TrainConfig defaults above (RESULTS.md, "The laptop
-    # model v2: 25 frames/s, 5 s windows, temperature 1.2").
+    # A laptop CPU, ~15 minutes from nothing to samples: the TrainConfig defaults above (RESULTS.md, "The laptop
+    # model v2: 25 frames/s, 5 s windows, temperature 1.2" and "The codec's weights averaged, on all the clips").
     "small": TrainConfig(),
     # Unit tests: a dozen 3 s synthetic clips, everything tiny; the whole pipeline runs in seconds.
     "tiny": TrainConfig(
