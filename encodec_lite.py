@@ -697,16 +697,17 @@ class CodecTrainer:
     Adam with betas (0.5, 0.9) and lr 3e-4 as in EnCodec. The codebooks are buffers updated by EMA inside the
     forward pass, so the optimiser only sees the convolution / LSTM weights.
 
-    Beside Adam's weights it keeps their exponential moving average (`decay` 0.998: about the last 500 steps), and
-    `use_average()` puts it in the codec once training ends. A short run stops while the weights still follow the
-    last batches; their average keeps more of the notes of music the codec has not heard (RESULTS.md, "The codec's
-    weights averaged"). EnCodec does not; it trains 300k steps, the laptop 3000."""
+    Beside Adam's weights it keeps their average over the steps so far, from step 500 on an exponential moving
+    average (`decay` 0.998: about the last 500 steps), and `use_average()` puts it in the codec once training ends.
+    A short run stops while the weights still follow the last batches; their average keeps more of the notes of
+    music the codec has not heard (RESULTS.md, "The codec's weights averaged"). EnCodec does not; it trains 300k
+    steps, the laptop 3000."""
 
     def __init__(self, codec, lr=3e-4, decay=0.998):
         self.codec = codec.train()
         fused = codec.device.type in ("cpu", "cuda")  # one kernel for the whole update: 1.1x faster steps on a CPU
         self.opt = torch.optim.Adam(codec.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
-        self.decay = decay
+        self.decay, self.updates = decay, 0  # updates: steps averaged so far
         self.average = [p.detach().clone() for p in codec.parameters()]
 
     def step(self, wav, quantize=True):
@@ -719,15 +720,22 @@ class CodecTrainer:
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), 100.0)  # only guards against spikes
         self.opt.step()
-        with torch.no_grad():
-            for average, p in zip(self.average, self.codec.parameters()):
-                average.lerp_(p, 1 - self.decay)  # average += (1 - decay) * (p - average)
+        self.average_weights()
         # 0-dim tensors, not floats: reading them would make the host wait for the GPU at every step
         stats = {"loss": total.detach(), "grad_norm": grad_norm}
         stats.update({name: value.detach() for name, value in losses.items()})
         if codes is not None:
             stats.update(codebook_stats(codes, self.codec.codebook_size))
         return stats
+
+    @torch.no_grad()
+    def average_weights(self):
+        """Fold the weights just updated into the average: the plain mean while fewer than 1 / (1 - decay) steps are
+        done (a short run's average is not mostly its random start), the exponential moving average after."""
+        self.updates += 1
+        weight = max(1 - self.decay, 1 / self.updates)  # 1 at the first step: the average starts at its weights
+        for average, p in zip(self.average, self.codec.parameters()):
+            average.lerp_(p, weight)  # average += weight * (p - average)
 
     @torch.no_grad()
     def use_average(self):
@@ -737,7 +745,8 @@ class CodecTrainer:
 
     def state_dict(self):
         """Everything needed to resume exactly (the codec's own weights and codebooks included)."""
-        return {"codec": self.codec.state_dict(), "opt": self.opt.state_dict(), "average": self.average}
+        return {"codec": self.codec.state_dict(), "opt": self.opt.state_dict(), "average": self.average,
+                "updates": self.updates}
 
     @torch.no_grad()
     def load_state_dict(self, state):
@@ -745,3 +754,4 @@ class CodecTrainer:
         self.opt.load_state_dict(state["opt"])
         for average, saved in zip(self.average, state["average"]):
             average.copy_(saved)
+        self.updates = state["updates"]
