@@ -222,7 +222,7 @@ def generate(mg, prompts, args, seed, melody, clip):
                           temperature=args.temperature, seed=seed, progress=True, melody=melody[0],
                           melody_sample_rate=melody[1], prompt_audio=clip[0], prompt_sample_rate=clip[1],
                           window=args.window, extend_stride=args.extend_stride)  # [B, C, N]
-        return wav.cpu(), False
+        return wav.cpu(), False  # soundfile and the plots read numpy arrays, which live on the CPU
     except ValueError as e:  # settings that need the model to check (a window too long...): one line, no trace
         fail(e)
     except Interrupted as stop:  # Ctrl-C: the frames finished so far are music already paid for
@@ -258,7 +258,7 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
 
     # Every setting that made the clip, the model's defaults resolved, goes into a .json beside each WAV.
-    generated = wav.shape[-1] / mg.sample_rate
+    generated = wav.shape[-1] / mg.sample_rate  # seconds made: less than --duration after a Ctrl-C
     melody_cfg = mg.melody_guidance if args.melody_cfg is None else args.melody_cfg
     settings = {"model": str(args.model), "duration": generated, "seed": seed, "partial": partial,
                 "cfg": mg.guidance if args.cfg is None else args.cfg,
