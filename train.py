@@ -315,7 +315,7 @@ def stage_codec(config, clips, proc):
     if (out / "codec" / "config.json").exists():
         say(proc, f"[codec] already trained: {out / 'codec'}")
     elif proc.main:  # the other processes wait at the barrier below
-        if config.data == "builtin":  # the first clips of each style: enough music for a codec
+        if config.data == "builtin":  # not all: melody SIM halved (RESULTS.md, "The decoder's weights averaged")
             clips = data.first_per_style(clips, config.codec_clips_per_style)
         steps = CodecSteps(config, data.select(clips, "train"), proc.device)
         train_steps(steps, config, Processes(device=proc.device))  # a world of one: no all-reduce
