@@ -380,7 +380,7 @@ def builtin_corpus(cache_dir="cache", sample_rate=16000, clip_seconds=10.0, clip
             piece, window = pieces[j % len(pieces)], j // len(pieces)  # few pieces (quartets): several windows each
             # Each clip draws its tempo, key, instrument and dynamics from its own generator, seeded by its place
             # (seed, style, j) alone: clip j is the same whatever the corpus size, so a smaller corpus is exactly
-            # the first clips of a bigger one (data.first_per_style relies on that).
+            # the first clips of a bigger one.
             rng = np.random.default_rng([seed, zlib.crc32(style_name.encode()), j])
             lo, hi = DANCE_BPM.get(piece.get("dance"), style.quarter_bpm)
             bpm = int(rng.integers(lo, hi + 1))

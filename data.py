@@ -26,7 +26,7 @@ API used by train.py and evaluate.py:
     Clip(id, path, caption, style, split, meta)
     load_corpus(settings, sample_rate) -> list[Clip]   (settings.data: "builtin", "synthetic" or a folder)
     folder_corpus(folder, cache_dir="cache", sample_rate=16000)
-    select(clips, split) -> list[Clip];  first_per_style(clips, n) -> list[Clip];  summary(clips) -> str
+    select(clips, split) -> list[Clip];  summary(clips) -> str
     clip_audio(clip, sample_rate) -> [1, N]
     audio_batch(clips, step, batch, samples, sample_rate, seed=0) -> wav [B, 1, samples]
     tokenize(codec, clips, path) -> TokenSet(codes list of [K, T_i], captions, ids, styles, splits, frame_rate)
@@ -66,17 +66,6 @@ class Clip:
 def select(clips, split):
     """The clips of one split, "train" or "valid", in corpus order."""
     return [c for c in clips if c.split == split]
-
-
-def first_per_style(clips, n):
-    """The first `n` clips of each style, in corpus order (n = 0: all of them). The built-in corpus draws its clips
-    in a fixed order, so the first 60 of a 120-per-style corpus are exactly the clips of a 60-per-style one."""
-    kept, count = [], {}  # count: clips of each style seen so far
-    for c in clips:
-        count[c.style] = count.get(c.style, 0) + 1
-        if not n or count[c.style] <= n:
-            kept.append(c)
-    return kept
 
 
 def summary(clips):

@@ -1,6 +1,7 @@
 """encodec_lite.py: parity with transformers.EncodecModel at the released 32 kHz size (random weights), loading and
 saving in the HF layout, the residual vector quantiser, a tiny training run, and bad input."""
 
+import copy
 import json
 
 import pytest
@@ -247,6 +248,34 @@ def train_steps(codec, clip, steps, lr, warmup, log_every):
         if (step + 1) % log_every == 0:
             history.append(stats)
     return history
+
+
+def test_codec_trainer_averages_its_decoder():
+    """The decoder's average is the plain mean of its weights after each step until 1 / (1 - decay) steps are done,
+    then an exponential moving average; a resume carries it exactly, and use_average() puts it in the decoder alone."""
+    torch.manual_seed(0)
+    codec = EncodecLite(EncodecConfig.preset("tiny"))
+    clip = music_like(8000, 8000, batch=2, seed=7)
+    trainer = CodecTrainer(codec, lr=1e-3, decay=0.5)  # the mean of steps 1-2, then EMA with weight 0.5
+    after = []  # the decoder's weights after each step
+    for _ in range(3):
+        trainer.step(clip, quantize=False)  # no RVQ: no k-means draws, the steps are deterministic
+        after.append([p.detach().clone() for p in codec.decoder.parameters()])
+    for average, w1, w2, w3 in zip(trainer.average, *after):
+        torch.testing.assert_close(average, 0.5 * (w1 + w2) / 2 + 0.5 * w3)
+
+    resumed = CodecTrainer(EncodecLite(EncodecConfig.preset("tiny")), lr=1e-3, decay=0.5)
+    resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))  # a copy, as from disk: Adam would share tensors
+    trainer.step(clip, quantize=False)
+    resumed.step(clip, quantize=False)
+    for a, b in zip(trainer.average, resumed.average):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    live = {name: p.detach().clone() for name, p in codec.named_parameters()}
+    trainer.use_average()
+    assert all(torch.equal(p, a) for p, a in zip(codec.decoder.parameters(), trainer.average))
+    assert not all(torch.equal(p, live["decoder." + name]) for name, p in codec.decoder.named_parameters())
+    assert all(torch.equal(p, live["encoder." + name]) for name, p in codec.encoder.named_parameters())
 
 
 def test_tiny_training_reduces_the_loss():
